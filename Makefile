@@ -35,6 +35,7 @@ test: setup
 	  echo 'make test: pytest collected no tests (exit 5)' >&2; \
 	  if [ "$${ALLOW_NO_TESTS:-0}" = 1 ]; then rc=0; fi; \
 	fi; \
+	if [ $$rc -ne 0 ]; then echo "make test: pytest exit code $$rc" >&2; fi; \
 	exit $$rc
 
 demo: setup

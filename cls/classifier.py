@@ -24,10 +24,11 @@ from mmengine.model import BaseDataPreprocessor, BaseModel
 from torch import nn
 
 from g2sd.checkpoint import load_pretrained
-from g2sd.cls.vit import DIST_KEYS, DistilledVisionTransformer
 from g2sd.distill.teacher import build_module
 from g2sd.engine.model import check_finite_loss
 from g2sd.registry import MODELS
+
+from .vit import DIST_KEYS, DistilledVisionTransformer
 
 __all__ = ['ClsDataPreprocessor', 'ViTClassifier', 'soft_target_cross_entropy']
 
@@ -139,10 +140,6 @@ class ClsDataPreprocessor(BaseDataPreprocessor):
         return dict(inputs=inputs, data_samples=labels)
 
 
-def _prefixed(state_dict: Mapping[str, Any], prefix: str) -> list[str]:
-    return [k for k in state_dict if k.startswith(prefix)]
-
-
 @MODELS.register_module()
 class ViTClassifier(BaseModel):
     """Image classifier: a g2sd ViT (plain or with distillation token) as ``backbone``.
@@ -230,11 +227,11 @@ class ViTClassifier(BaseModel):
         error_msgs: list[str],
     ) -> None:
         """Accept a plain backbone state dict: ``prefix + k`` -> ``prefix + 'backbone.' + k``."""
-        own = _prefixed(state_dict, prefix)
-        if own and f'{prefix}patch_embed.proj.weight' in state_dict:
-            if not any(k.startswith(f'{prefix}backbone.') for k in own):
-                for k in own:
-                    state_dict[f'{prefix}backbone.{k[len(prefix) :]}'] = state_dict.pop(k)
+        own = [k for k in state_dict if k.startswith(prefix)]
+        plain = f'{prefix}patch_embed.proj.weight' in state_dict
+        if plain and not any(k.startswith(f'{prefix}backbone.') for k in own):
+            for k in own:
+                state_dict[f'{prefix}backbone.{k[len(prefix) :]}'] = state_dict.pop(k)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

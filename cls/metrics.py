@@ -22,8 +22,9 @@ from typing import Any, Literal
 import torch
 from mmengine.evaluator import BaseMetric
 
-from g2sd.cls.imagenet_classes import IMAGENET_WNIDS
 from g2sd.registry import METRICS
+
+from .imagenet_classes import IMAGENET_WNIDS
 
 __all__ = ['TopKAccuracy', 'imagenet_class_indices', 'topk_correct']
 
@@ -64,9 +65,7 @@ def imagenet_class_indices(class_names: Sequence[str]) -> list[int]:
     return out
 
 
-def topk_correct(
-    scores: torch.Tensor, labels: torch.Tensor, topk: Sequence[int]
-) -> torch.Tensor:
+def topk_correct(scores: torch.Tensor, labels: torch.Tensor, topk: Sequence[int]) -> torch.Tensor:
     """Per-sample hit flags: (B, K) scores, (B,) labels -> (B, len(topk)) bool.
 
     ``k`` larger than K counts every sample as a hit (as mmpretrain does).

@@ -202,7 +202,11 @@ class DistilledVisionTransformer(VisionTransformer):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace both heads (timm API); ``global_pool`` must stay ``'token'``."""
         if global_pool not in (None, 'token'):
-            raise ValueError(f"a distillation-token ViT needs global_pool='token', got {global_pool!r}")
+            raise ValueError(
+                f"a distillation-token ViT needs global_pool='token', got {global_pool!r}"
+            )
         super().reset_classifier(num_classes)
-        self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head_dist = (
+            nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        )
         self._init_dist()

@@ -176,9 +176,7 @@ def load_teacher_checkpoint(
         source, obj = 'teacher state dict', checkpoint
     else:
         raise TypeError(f'teacher_ckpt must be a path or a mapping, got {type(checkpoint)}')
-    sd = _strip_shared_prefixes(
-        extract_state_dict(obj, source=source), list(teacher.state_dict())
-    )
+    sd = _strip_shared_prefixes(extract_state_dict(obj, source=source), list(teacher.state_dict()))
     if use == 'whole':
         return load_state_dict_strict(
             teacher,
@@ -424,11 +422,13 @@ class DistillModel(TeacherHolderMixin, BaseModel):
         self.distill_losses = nn.ModuleDict()
         self._items = [self._build_item(i, cfg) for i, cfg in enumerate(distill)]
         self._student_rec = ModuleRecorder(
-            self.student, [s.module for it in self._items for s in self._sources(it, 'student')],
+            self.student,
+            [s.module for it in self._items for s in self._sources(it, 'student')],
             'student',
         )
         self._teacher_rec = ModuleRecorder(
-            teacher, [s.module for it in self._items for s in self._sources(it, 'teacher')],
+            teacher,
+            [s.module for it in self._items for s in self._sources(it, 'teacher')],
             'teacher',
         )
         #: Predict with the teacher instead of the student (``g2sd.TeacherValHook``).
@@ -445,7 +445,9 @@ class DistillModel(TeacherHolderMixin, BaseModel):
             raise TypeError(f'distill[{i}] must be a dict, got {cfg!r}')
         unknown = set(cfg) - _ITEM_KEYS
         if unknown:
-            raise ValueError(f'distill[{i}] has unknown keys {sorted(unknown)}; known: {sorted(_ITEM_KEYS)}')
+            raise ValueError(
+                f'distill[{i}] has unknown keys {sorted(unknown)}; known: {sorted(_ITEM_KEYS)}'
+            )
         for key in ('student', 'teacher', 'loss'):
             if key not in cfg:
                 raise ValueError(f'distill[{i}] needs {key!r}, got {dict(cfg)!r}')
@@ -468,8 +470,9 @@ class DistillModel(TeacherHolderMixin, BaseModel):
                     f"distill[{i}].extra[{kw!r}] must be dict(source='student'|'teacher', "
                     f'module=..., index=...), got {spec!r}'
                 )
-            extra[kw] = _Source(spec['source'], spec.get('module', ''), spec.get('index'),
-                                int(spec.get('call', 0)))
+            extra[kw] = _Source(
+                spec['source'], spec.get('module', ''), spec.get('index'), int(spec.get('call', 0))
+            )
         return _Item(
             name=name,
             student=_Source('student', cfg['student'], cfg.get('student_index'), call),

@@ -378,7 +378,8 @@ class NKDLoss(_WeightedLoss):
 
     requires_gt = True
 
-    def __init__(self, temperature: float = 1.0, alpha: float = 1.0, loss_weight: float = 1.0
+    def __init__(
+        self, temperature: float = 1.0, alpha: float = 1.0, loss_weight: float = 1.0
     ) -> None:
         super().__init__(loss_weight)
         self.temperature = _check_temperature(temperature)

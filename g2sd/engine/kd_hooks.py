@@ -73,7 +73,9 @@ def distill_weight_factor(
         f = start_factor + (1.0 - start_factor) * _ramp(t / warmup, warmup_type)
     if decay_begin is not None and t >= decay_begin:
         end = decay_begin + 1 if decay_end is None else decay_end
-        f = f * (1.0 + (end_factor - 1.0) * _ramp((t - decay_begin) / (end - decay_begin), decay_type))
+        f = f * (
+            1.0 + (end_factor - 1.0) * _ramp((t - decay_begin) / (end - decay_begin), decay_type)
+        )
     return float(f)
 
 
@@ -150,9 +152,7 @@ class DistillWeightHook(Hook):
         if self.by_epoch:
             self._set(runner, runner.epoch)
 
-    def before_train_iter(
-        self, runner: Any, batch_idx: int, data_batch: Any = None
-    ) -> None:
+    def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
         if not self.by_epoch:
             self._set(runner, runner.iter)
 
@@ -189,8 +189,7 @@ class StopDistillHook(Hook):
         ):
             model.distillation_stopped = True
             runner.logger.info(
-                f'StopDistillHook: distillation stopped at epoch {runner.epoch}, '
-                f'iter {runner.iter}'
+                f'StopDistillHook: distillation stopped at epoch {runner.epoch}, iter {runner.iter}'
             )
 
     def before_train(self, runner: Any) -> None:
@@ -200,9 +199,7 @@ class StopDistillHook(Hook):
     def before_train_epoch(self, runner: Any) -> None:
         self._check(runner)
 
-    def before_train_iter(
-        self, runner: Any, batch_idx: int, data_batch: Any = None
-    ) -> None:
+    def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
         if self.stop_iter is not None:
             self._check(runner)
 
