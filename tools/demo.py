@@ -42,8 +42,15 @@ logger = logging.getLogger('g2sd.demo')
 
 def train(config: str, work_dir: Path, options: list[str]) -> float:
     """Run ``tools/train.py`` in a subprocess; return its wall time in seconds."""
-    cmd = [sys.executable, str(REPO / 'tools' / 'train.py'), str(REPO / config),
-           '--work-dir', str(work_dir), '--cfg-options', *options]
+    cmd = [
+        sys.executable,
+        str(REPO / 'tools' / 'train.py'),
+        str(REPO / config),
+        '--work-dir',
+        str(work_dir),
+        '--cfg-options',
+        *options,
+    ]
     logger.info('running: %s', ' '.join(cmd))
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO)
@@ -69,8 +76,14 @@ def load_fmnist(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-balanced subset of Fashion-MNIST as normalised tensors (N, 1, 28, 28), labels (N,)."""
     from g2sd.engine.datasets import FashionMNIST
 
-    ds = FashionMNIST(split=split, num_samples=n, pipeline=[
-        dict(type='ToTensor'), dict(type='Normalize', mean=[NORM['mean']], std=[NORM['std']])])
+    ds = FashionMNIST(
+        split=split,
+        num_samples=n,
+        pipeline=[
+            dict(type='ToTensor'),
+            dict(type='Normalize', mean=[NORM['mean']], std=[NORM['std']]),
+        ],
+    )
     items = [ds[i] for i in range(len(ds))]
     x = torch.stack([it['inputs'] for it in items])
     y = torch.tensor([int(it['data_samples']) for it in items])
@@ -142,30 +155,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--test-samples', type=int, default=10000, help='k-NN test images')
     parser.add_argument('--bank-samples', type=int, default=10000, help='k-NN memory bank')
     parser.add_argument('--batch-size', type=int, default=128)
-    parser.add_argument('--train-teacher', action='store_true',
-                        help='pre-train the MAE teacher now instead of using the shipped one')
-    parser.add_argument('--teacher-epochs', type=int, default=10)
+    parser.add_argument(
+        '--train-teacher',
+        action='store_true',
+        help='pre-train the MAE teacher now instead of using the shipped one',
+    )
+    parser.add_argument('--teacher-epochs', type=int, default=5)
+    parser.add_argument(
+        '--teacher-checkpoint',
+        default=str(TEACHER_CKPT),
+        help='MAE teacher with decoder (default: the shipped one)',
+    )
     args = parser.parse_args(argv)
+    if args.epochs < 2 or args.teacher_epochs < 2:
+        parser.error('--epochs and --teacher-epochs must be >= 2 (1 warm-up epoch + cosine)')
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(message)s')
     torch.manual_seed(0)
     work = (REPO / args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
 
     times: dict[str, float] = {}
-    teacher_ckpt = TEACHER_CKPT
+    teacher_ckpt = Path(args.teacher_checkpoint).resolve()
     if args.train_teacher or not teacher_ckpt.exists():
         if not args.train_teacher:
             logger.warning('no shipped teacher at %s: training it now', teacher_ckpt)
         wd = work / 'teacher'
         times['MAE teacher'] = train(
-            'configs/pretrain/mae_vit-teacher_fmnist.py', wd,
-            schedule_options(args.teacher_epochs, 60000, args.batch_size))
+            'configs/pretrain/mae_vit-teacher_fmnist.py',
+            wd,
+            schedule_options(args.teacher_epochs, 60000, args.batch_size),
+        )
         teacher_ckpt = wd / 'fmnist_mae_vit-teacher.pth'
 
     runs = {
         'MAE student': ('configs/pretrain/mae_vit-student_fmnist.py', []),
-        'G2SD student': ('configs/pretrain/g2sd-gd_vit-student_fmnist.py',
-                         [f'model.algorithm.teacher_checkpoint={teacher_ckpt}']),
+        'G2SD student': (
+            'configs/pretrain/g2sd-gd_vit-student_fmnist.py',
+            [f'model.algorithm.teacher_checkpoint={teacher_ckpt}'],
+        ),
     }
     opts = schedule_options(args.epochs, args.train_samples, args.batch_size)
     dirs = {}
@@ -196,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         f'Fashion-MNIST k-NN (k=20) top-1, bank {args.bank_samples} train / '
         f'{args.test_samples} test images; students pre-trained {args.epochs} epochs x '
         f'{args.train_samples} images',
-        f"{'encoder':<26}{'params (M)':>11}{'pre-train s':>13}{'k-NN top-1':>12}{'eval s':>8}",
+        f'{"encoder":<26}{"params (M)":>11}{"pre-train s":>13}{"k-NN top-1":>12}{"eval s":>8}',
     ]
     for name, params, t, acc, te in rows:
         ts = f'{t:.0f}' if t is not None else '-'

@@ -104,7 +104,10 @@ def load_strict(model: Any, checkpoint: str) -> int:
 
     base = model.module if is_model_wrapper(model) else model
     sd = plain_student_state_dict(load_file(checkpoint, trusted=True))
-    result = base.load_state_dict(sd, strict=False)
+    try:
+        result = base.load_state_dict(sd, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise CheckpointError(f'{checkpoint} does not fit {type(base).__name__}: {err}') from err
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f'{checkpoint} does not fit {type(base).__name__}: missing keys '

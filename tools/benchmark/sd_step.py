@@ -142,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         rows.append(dict(mode=mode, step_ms=sec * 1e3, img_per_s=args.batch_size / sec))
     teacher_share = 1.0 - rows[1]['step_ms'] / rows[0]['step_ms']
     what = (
-        f'ViT-{args.student.upper()} student, {device.type}, batch {args.batch_size}, '
+        f'ViT-{dict(ti="Ti", s="S")[args.student]} student, {device.type}, '
+        f'batch {args.batch_size}, '
         f'{args.img_size} px, depth {args.depth}, {"AMP" if args.amp else "fp32"}'
     )
     lines = [f'SD training step ({what})', f'{"mode":<32}{"step ms":>10}{"img/s":>10}']

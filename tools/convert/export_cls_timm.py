@@ -8,7 +8,9 @@ has a class-token head and a distillation head; its eval output averages the two
   (:mod:`g2sd.cls.timm_models`), whose eval output is the same average.
 * ``--dist-head drop``: ``dist_token`` / ``dist_pos_embed`` / ``head_dist`` are removed and the
   weights load into the plain ``g2sd_vit_{tiny,small,base}_patch16_224``
-  (:mod:`g2sd.models.timm_models`): class-token head only (the official ``use_distoken=False``).
+  (:mod:`g2sd.models.timm_models`). The distillation token then no longer takes part in
+  attention, so the outputs differ from the evaluated model's class head: this is a plain
+  ViT with the distilled weights (for use as a backbone or for further fine-tuning).
 
 Inputs: our mmengine checkpoints (``g2sd.ViTClassifier`` or the ``g2sd.DistillModel``
 wrapper, whose ``student.*`` part is taken), ``SaveStudentHook`` exports (``student.pth``) or
@@ -118,6 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sd = student_backbone_state_dict(load_file(args.input, trusted=True), args.input)
     name, kwargs = timm_spec(sd, args.dist_head, args.input)
     if args.dist_head == 'drop':
+        if 'dist_token' in sd:
+            logger.warning(
+                'dropping the distillation token removes it from the token sequence, so every '
+                'token attends differently: the export is a plain ViT with the distilled '
+                'weights (a backbone), not the class-head output of the evaluated model; use '
+                '--dist-head keep to reproduce its accuracy'
+            )
         sd = {k: v for k, v in sd.items() if not k.startswith(DIST_PREFIXES)}
     meta = dict(timm_name=name, create_kwargs=kwargs, source=str(args.input), producer='g2sd')
     save_state_dict(sd, args.output, meta=meta)
@@ -131,11 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.no_verify:
         return 0
-    import g2sd.cls.timm_models  # noqa: F401  (registers the distilled names)
     import timm
-    from g2sd.cls.vit import DistilledVisionTransformer
 
+    import g2sd.cls.timm_models  # noqa: F401  (registers the distilled names)
     import g2sd.models.timm_models  # noqa: F401  (registers the plain names)
+    from g2sd.cls.vit import DistilledVisionTransformer
     from g2sd.models.vit import VisionTransformer
 
     exported = timm.create_model(
