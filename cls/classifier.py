@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from mmengine.logging import print_log
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from torch import nn
 
@@ -208,8 +209,13 @@ class ViTClassifier(BaseModel):
             allow = self.pretrained_allow_missing
             if isinstance(self.backbone, DistilledVisionTransformer):
                 allow = (*DIST_KEYS, *allow)
-            load_pretrained(
+            report = load_pretrained(
                 self.backbone, self.pretrained, use=self.pretrained_use, allow_missing=allow
+            )
+            print_log(
+                'ViTClassifier.init_weights: '
+                + report.summary(type(self.backbone).__name__, str(self.pretrained)),
+                logger='current',
             )
 
     def export_student(self) -> dict[str, torch.Tensor]:

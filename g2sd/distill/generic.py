@@ -336,14 +336,7 @@ class DMAEDistiller(BaseGenericDistiller):
         s, t = self.student, self.teacher
         noise = s.make_noise(imgs)
         with torch.no_grad():
-            t_enc = t.forward_encoder(
-                imgs,
-                self.mask_ratio,
-                noise,
-                qkv_blocks=(self.teacher_block,),
-                num_blocks=self.teacher_block + 1,
-            )
-            tq = t_enc.qkv[self.teacher_block]
+            tq = t.forward_block_qkv(imgs, self.teacher_block, self.mask_ratio, noise)
             t_logits = attention_logits(tq.q, tq.k)
         if self.d2:
             enc = s.forward_encoder(

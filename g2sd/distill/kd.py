@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from torch import nn
 
@@ -401,13 +402,18 @@ class DistillModel(TeacherHolderMixin, BaseModel):
         # Load before freezing and hiding: a wrong file fails here, before any training.
         teacher = build_module(teacher, 'teacher')
         if teacher_ckpt is not None:
-            load_teacher_checkpoint(
+            report = load_teacher_checkpoint(
                 teacher,
                 teacher_ckpt,
                 use=teacher_ckpt_use,
                 trusted=teacher_ckpt_trusted,
                 allow_missing=teacher_allow_missing,
                 allow_unexpected=teacher_allow_unexpected,
+            )
+            print_log(
+                'DistillModel teacher: '
+                + report.summary(type(teacher).__name__, str(teacher_ckpt)),
+                logger='current',
             )
         else:
             logger.warning('DistillModel: the teacher is randomly initialised (no teacher_ckpt)')

@@ -254,9 +254,9 @@ class G2SDRunner(Runner):
             raise ValueError(f'auto_scale_lr needs base_batch_size, got {auto_scale_lr!r}')
         loader = self._train_dataloader
         bs = loader.batch_size if hasattr(loader, 'batch_size') else loader['batch_size']
-        wrappers = list(optim_wrapper.values()) if hasattr(optim_wrapper, 'values') else [
-            optim_wrapper
-        ]
+        wrappers = (
+            list(optim_wrapper.values()) if hasattr(optim_wrapper, 'values') else [optim_wrapper]
+        )
         accum = getattr(wrappers[0], '_accumulative_counts', 1)
         real_bs = self.world_size * bs * accum
         ratio = real_bs / float(auto_scale_lr['base_batch_size'])

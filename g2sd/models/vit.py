@@ -606,15 +606,25 @@ class VisionTransformer(nn.Module):
             raise ValueError(f'latent_block {latent_block} is not among the {run} blocks run')
         return MAEEncoderOutput(latent, x, mask, ids_restore, ids_keep, taps)
 
-    def forward_block_qkv(self, x: torch.Tensor, index: int) -> QKV:
-        """q/k/v of block ``index`` on the full image, running nothing after its qkv.
+    def forward_block_qkv(
+        self,
+        x: torch.Tensor,
+        index: int,
+        mask_ratio: float = 0.0,
+        noise: torch.Tensor | None = None,
+    ) -> QKV:
+        """q/k/v of block ``index``, running nothing after its qkv projection.
 
         Args:
             x: Images (B, C_in, H, W).
             index: Block index (negative from the end).
+            mask_ratio: Keep only the visible patches of MAE masking (0: the full image).
+            noise: (B, N) masking noise shared with another model.
         """
         index = index % self.depth
         tokens = self.patchify_embed(x)
+        if mask_ratio > 0:
+            tokens = random_masking(tokens, mask_ratio, noise)[0]
         prefix = self.prefix_tokens(tokens.shape[0])
         if prefix is not None:
             tokens = torch.cat([prefix, tokens], dim=1)
