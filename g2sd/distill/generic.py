@@ -54,6 +54,11 @@ logger = logging.getLogger(__name__)
 _DECODER_PREFIXES = ('decoder_', 'mask_token')
 
 
+def _check_mask_ratio(mask_ratio: float) -> None:
+    if not 0.0 < mask_ratio < 1.0:
+        raise ValueError(f'mask_ratio must be in (0, 1), got {mask_ratio}')
+
+
 class BaseGenericDistiller(TeacherHolderMixin):
     """Student + optional frozen teacher, loaded strictly from its checkpoint.
 
@@ -165,8 +170,7 @@ class G2SDDistiller(BaseGenericDistiller):
             raise ValueError(f'loss_type must be one of {LOSS_TYPES}, got {loss_type!r}')
         if token_set not in ('all', 'masked'):
             raise ValueError(f"token_set must be 'all' or 'masked', got {token_set!r}")
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f'mask_ratio must be in (0, 1), got {mask_ratio}')
+        _check_mask_ratio(mask_ratio)
         super().__init__(student, teacher, teacher_checkpoint, 'mae_teacher', allow_random_teacher)
         s, t = self.student, self.teacher
         if not isinstance(s, MaskedAutoencoderViT) or not isinstance(t, MaskedAutoencoderViT):
@@ -295,8 +299,7 @@ class DMAEDistiller(BaseGenericDistiller):
         d2_latent_block: int = 8,
         allow_random_teacher: bool = False,
     ) -> None:
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f'mask_ratio must be in (0, 1), got {mask_ratio}')
+        _check_mask_ratio(mask_ratio)
         super().__init__(
             student, teacher, teacher_checkpoint, 'encoder_teacher', allow_random_teacher
         )
@@ -451,8 +454,7 @@ class MAEPretrainer(BaseGenericDistiller):
     """
 
     def __init__(self, student: dict | nn.Module, mask_ratio: float = 0.75) -> None:
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f'mask_ratio must be in (0, 1), got {mask_ratio}')
+        _check_mask_ratio(mask_ratio)
         super().__init__(student)
         if not isinstance(self.student, MaskedAutoencoderViT) or not self.student.pixel_head:
             raise TypeError('MAE pre-training needs a MaskedAutoencoderViT with pixel_head=True')
