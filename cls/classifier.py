@@ -191,6 +191,12 @@ class ViTClassifier(BaseModel):
             cfg = dict(data_preprocessor)
             cfg.setdefault('_scope_', 'g2sd')
             data_preprocessor = MODELS.build(cfg)
+        pre_k, net_k = getattr(data_preprocessor, 'num_classes', None), backbone.num_classes
+        if pre_k is not None and pre_k != net_k:
+            raise ValueError(
+                f'data_preprocessor.num_classes={pre_k} differs from the backbone '
+                f'num_classes={net_k}'
+            )
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.backbone = backbone
         if loss_weight < 0:

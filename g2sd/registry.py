@@ -20,7 +20,7 @@ from mmengine.registry import PARAM_SCHEDULERS as MMENGINE_PARAM_SCHEDULERS
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
 
-_MODEL_LOCATIONS = ['g2sd.models', 'g2sd.distill', 'g2sd.engine']
+_MODEL_LOCATIONS = ['g2sd.models', 'g2sd.distill', 'g2sd.engine', 'g2sd.cls']
 _ENGINE_LOCATIONS = ['g2sd.engine']
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='g2sd', locations=_MODEL_LOCATIONS)
@@ -54,7 +54,9 @@ PARAM_SCHEDULERS = Registry(
     scope='g2sd',
     locations=_ENGINE_LOCATIONS,
 )
-METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='g2sd', locations=_ENGINE_LOCATIONS)
+METRICS = Registry(
+    'metric', parent=MMENGINE_METRICS, scope='g2sd', locations=[*_ENGINE_LOCATIONS, 'g2sd.cls']
+)
 EVALUATOR = Registry(
     'evaluator', parent=MMENGINE_EVALUATOR, scope='g2sd', locations=_ENGINE_LOCATIONS
 )

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from g2sd.cls import TopKAccuracy, imagenet_class_indices, topk_correct
-from g2sd.cls.imagenet_classes import IMAGENET_A_WNIDS, IMAGENET_R_WNIDS, IMAGENET_WNIDS
 from PIL import Image
 
+from g2sd.cls import TopKAccuracy, imagenet_class_indices, topk_correct
+from g2sd.cls.imagenet_classes import IMAGENET_A_WNIDS, IMAGENET_R_WNIDS, IMAGENET_WNIDS
 from g2sd.engine.datasets import ImageFolder
 
 # indices_in_1k of hendrycks/natural-adv-examples eval.py (keys of thousand_k_to_200 != -1).

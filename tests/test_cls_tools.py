@@ -23,6 +23,7 @@ TOOLS = {
     'export': REPO / 'tools' / 'convert' / 'export_cls_timm.py',
     'sd_step': REPO / 'tools' / 'benchmark' / 'sd_step.py',
     'throughput': REPO / 'tools' / 'benchmark' / 'throughput.py',
+    'demo_cls': REPO / 'tools' / 'demo_cls.py',
 }
 
 
@@ -242,6 +243,7 @@ def test_fmnist_sd_train_then_test(tmp_path: Path, fmnist_root: Path) -> None:
     run(REPO / 'tools' / 'train.py', cfg, '--work-dir', wd, '--cfg-options', *opts, timeout=600)
     log = next(wd.glob('*/*.log')).read_text()
     assert 'distill.loss_hard_kd' in log and 'TeacherCheckHook' in log
+    assert 'TeacherValHook (30 images): teacher/top1' in log
     student = wd / 'student.pth'
     assert student.exists() and (wd / 'epoch_1.pth').exists()
     # The pre-trained GD encoder was loaded into the student before training started.
@@ -255,3 +257,33 @@ def test_fmnist_sd_train_then_test(tmp_path: Path, fmnist_root: Path) -> None:
         )  # fmt: skip
         res = json.loads(out.read_text())['test']
         assert 0.0 <= res['top1'] <= 100.0 and res['top5'] >= res['top1']
+
+
+@pytest.mark.slow
+def test_demo_cls_smoke(tmp_path: Path, fmnist_root: Path) -> None:
+    """The four ablation rows + teacher, end to end, from (random) pre-trained encoders."""
+    from g2sd.models import MaskedAutoencoderViT
+
+    torch.manual_seed(0)
+    enc = dict(img_size=28, patch_size=4, in_chans=1, embed_dim=48, depth=4, num_heads=3)
+    for name in ('mae_student', 'g2sd_student'):
+        (tmp_path / name).mkdir()
+        torch.save(
+            VisionTransformer(num_classes=0, **enc).state_dict(), tmp_path / name / 'student.pth'
+        )
+    mae = MaskedAutoencoderViT(
+        img_size=28, patch_size=4, in_chans=1, embed_dim=96, depth=6, num_heads=3,
+        decoder_embed_dim=64, decoder_depth=4, decoder_num_heads=4,
+    )  # fmt: skip
+    torch.save(mae.state_dict(), tmp_path / 'mae_teacher.pth')
+    if str(fmnist_root) != '/usr/share/datasets/fashion-mnist':
+        pytest.skip('the demo reads Fashion-MNIST from its default folder')
+    proc = run(
+        TOOLS['demo_cls'], '--work-dir', tmp_path, '--epochs', '1', '--teacher-epochs', '1',
+        '--train-samples', '40', '--teacher-samples', '40', '--test-samples', '20',
+        '--batch-size', '20', '--mae-teacher', tmp_path / 'mae_teacher.pth', timeout=900,
+    )  # fmt: skip
+    table = proc.stdout.splitlines()
+    for row in ('teacher (96-d, fine-tuned)', 'MAE ', 'MAE + SD', 'G2SD w/o SD', 'G2SD '):
+        assert any(line.startswith(row) for line in table), row
+    assert (tmp_path / 'cls' / 'results.txt').exists()

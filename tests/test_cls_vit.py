@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from g2sd.cls import DIST_KEYS, DistilledVisionTransformer, ViTClassifier
 
 from g2sd.checkpoint import CheckpointError, load_pretrained
+from g2sd.cls import DIST_KEYS, DistilledVisionTransformer, ViTClassifier
 from g2sd.models import VisionTransformer
 from g2sd.optim import layer_decay_param_groups
 

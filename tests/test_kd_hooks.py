@@ -124,7 +124,7 @@ def test_teacher_val_hook_logs_teacher_metrics() -> None:
 
     model = Model()
     runner = fake_runner(model)
-    runner._val_loop = SimpleNamespace(evaluator=Evaluator(), dataloader=Loader())
+    runner.val_loop = SimpleNamespace(evaluator=Evaluator(), dataloader=Loader())
     model.train()
     TeacherValHook().before_train(runner)
     assert runner.message_hub.get_scalar('val/teacher/top1').current() == 100.0
@@ -133,9 +133,9 @@ def test_teacher_val_hook_logs_teacher_metrics() -> None:
 
 def test_hooks_work_in_a_real_runner(tmp_path) -> None:
     """DistillWeightHook + StopDistillHook drive DistillModel inside mmengine's Runner."""
-    from g2sd.cls import ClsDataPreprocessor, DistilledVisionTransformer, ViTClassifier
     from mmengine.runner import Runner
 
+    from g2sd.cls import ClsDataPreprocessor, DistilledVisionTransformer, ViTClassifier
     from g2sd.distill.kd import DistillModel
     from g2sd.models import VisionTransformer
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from g2sd.cls import ClsDataPreprocessor, DistilledVisionTransformer, ViTClassifier
-from g2sd.cls.classifier import soft_target_cross_entropy
 
 from g2sd.checkpoint import CheckpointError, save_state_dict
+from g2sd.cls import ClsDataPreprocessor, DistilledVisionTransformer, ViTClassifier
+from g2sd.cls.classifier import soft_target_cross_entropy
 from g2sd.distill.kd import DistillModel, plain_student_state_dict, select
 from g2sd.models import VisionTransformer
 

@@ -6,7 +6,9 @@ _base_ = [
     '../_base_/schedules/fmnist_cls.py',
     '../_base_/models/fmnist_cls.py',
 ]
-custom_imports = dict(imports=['g2sd.engine', 'g2sd.distill', 'g2sd.cls'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['g2sd.engine', 'g2sd.distill', 'g2sd.cls'], allow_failed_imports=False
+)
 model = dict(
     type='g2sd.ViTClassifier',
     backbone={{_base_.fmnist_cls_student}},

@@ -9,7 +9,9 @@ _base_ = [
     '../_base_/schedules/fmnist_cls.py',
     '../_base_/models/fmnist_cls.py',
 ]
-custom_imports = dict(imports=['g2sd.engine', 'g2sd.distill', 'g2sd.cls'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['g2sd.engine', 'g2sd.distill', 'g2sd.cls'], allow_failed_imports=False
+)
 model = dict(
     type='g2sd.DistillModel',
     student=dict(
@@ -33,5 +35,6 @@ model = dict(
 )
 custom_hooks = [
     dict(type='g2sd.TeacherCheckHook', require_teacher=True),
+    dict(type='g2sd.TeacherValHook'),  # logs teacher/top1 once before training
     dict(type='g2sd.SaveStudentHook', out='student.pth'),
 ]

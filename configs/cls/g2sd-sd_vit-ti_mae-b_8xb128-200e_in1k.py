@@ -37,5 +37,6 @@ model = dict(
 )
 custom_hooks = [
     dict(type='g2sd.TeacherCheckHook', require_teacher=True),
+    dict(type='g2sd.TeacherValHook'),  # logs teacher/top1 once before training
     dict(type='g2sd.SaveStudentHook', out='student.pth'),
 ]

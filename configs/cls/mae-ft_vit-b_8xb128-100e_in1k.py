@@ -22,7 +22,14 @@ optim_wrapper = dict(
     paramwise_cfg=dict(layer_decay_rate=0.65),
 )
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=True, begin=0, end=5, convert_to_iter_based=True),
+    dict(
+        type='LinearLR',
+        start_factor=1e-3,
+        by_epoch=True,
+        begin=0,
+        end=5,
+        convert_to_iter_based=True,
+    ),
     dict(
         type='CosineAnnealingLR',
         T_max=max_epochs - 5,

@@ -1,4 +1,5 @@
-"""Distillation: generic distillers (G2SD, D-MAE, TinyMIM, MAE), losses, frozen teachers.
+"""Distillation: generic distillers (G2SD, D-MAE, TinyMIM, MAE), the task-specific KD wrapper,
+losses, frozen teachers.
 
 Importing this package registers the distillers and the model classes in the ``g2sd``
 registry scope (``type='g2sd.G2SDDistiller'``, ``type='g2sd.MaskedAutoencoderViT'``...).
@@ -11,6 +12,7 @@ from g2sd.distill.generic import (
     MAEPretrainer,
     TinyMIMDistiller,
 )
+from g2sd.distill.kd import ConvAdapter, DistillModel, LinearAdapter, load_teacher_checkpoint
 from g2sd.distill.teacher import TeacherHolderMixin, build_module, freeze
 from g2sd.models import MaskedAutoencoderViT, VisionTransformer
 from g2sd.registry import MODELS
@@ -20,11 +22,15 @@ MODELS.register_module(name='MaskedAutoencoderViT', module=MaskedAutoencoderViT)
 
 __all__ = [
     'BaseGenericDistiller',
+    'ConvAdapter',
     'DMAEDistiller',
+    'DistillModel',
     'G2SDDistiller',
+    'LinearAdapter',
     'MAEPretrainer',
     'TeacherHolderMixin',
     'TinyMIMDistiller',
     'build_module',
     'freeze',
+    'load_teacher_checkpoint',
 ]

@@ -161,6 +161,9 @@ class DistillWeightHook(Hook):
 class StopDistillHook(Hook):
     """Stop distillation from an epoch or an iteration on (``model.distillation_stopped``).
 
+    Once stopped, distillation-only parameters (the distillation head, adapters) get no
+    gradient: under DDP set ``find_unused_parameters = True`` in the config.
+
     Args:
         stop_epoch: First epoch (0-based, ``runner.epoch``) trained without distillation.
         stop_iter: First iteration (``runner.iter``) trained without distillation.
@@ -227,8 +230,8 @@ class TeacherValHook(Hook):
     def before_train(self, runner: Any) -> None:
         base = _base(runner)
         _require(base, 'predict_with_teacher', 'TeacherValHook')
-        loop = getattr(runner, '_val_loop', None)
-        if loop is None or isinstance(loop, dict):
+        loop = runner.val_loop  # built by Runner.train before this hook runs
+        if loop is None:
             runner.logger.warning('TeacherValHook: no validation loop configured; skipped')
             return
         evaluator, dataloader = loop.evaluator, loop.dataloader

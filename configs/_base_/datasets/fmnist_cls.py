@@ -16,7 +16,9 @@ train_dataloader = dict(
     drop_last=True,  # timm Mixup needs an even batch
     sampler=dict(type='DefaultSampler', shuffle=True),
     collate_fn=dict(type='default_collate'),
-    dataset=dict(type='g2sd.FashionMNIST', split='train', num_samples=None, pipeline=train_pipeline),
+    dataset=dict(
+        type='g2sd.FashionMNIST', split='train', num_samples=None, pipeline=train_pipeline
+    ),
 )
 val_dataloader = dict(
     batch_size=500,

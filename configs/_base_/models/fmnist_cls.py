@@ -15,7 +15,9 @@ fmnist_cls_student = dict(
     global_pool='token',
     drop_path_rate=0.0,
 )
-fmnist_cls_student_dist = dict(fmnist_cls_student, type='g2sd.DistilledVisionTransformer', dist_token_position='end')
+fmnist_cls_student_dist = dict(
+    fmnist_cls_student, type='g2sd.DistilledVisionTransformer', dist_token_position='end'
+)
 fmnist_cls_teacher = dict(
     type='g2sd.VisionTransformer',
     img_size=28,

@@ -37,7 +37,9 @@ in1k_preprocessor = dict(
 )
 # Inputs: generic-distillation / MAE students (SaveStudentHook exports of configs/pretrain/*)
 # and the fine-tuned teacher.
-gd_ti_checkpoint = 'work_dirs/g2sd-gd_vit-ti_mae-b_8xb256-accum2-300e_in1k/student_vit-ti_g2sd-gd.pth'
+gd_ti_checkpoint = (
+    'work_dirs/g2sd-gd_vit-ti_mae-b_8xb256-accum2-300e_in1k/student_vit-ti_g2sd-gd.pth'
+)
 gd_s_checkpoint = 'work_dirs/g2sd-gd_vit-s_mae-b_8xb256-accum2-300e_in1k/student_vit-s_g2sd-gd.pth'
 mae_ti_checkpoint = 'work_dirs/mae_vit-ti_8xb256-accum2-300e_in1k/mae_vit-ti.pth'
 mae_s_checkpoint = 'work_dirs/mae_vit-s_8xb256-accum2-300e_in1k/mae_vit-s.pth'
