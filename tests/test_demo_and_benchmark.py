@@ -92,3 +92,15 @@ def test_gd_step_benchmark_runs(tmp_path):
 
     (row,) = json.loads((tmp_path / 'rows.json').read_text())
     assert row['img_per_s'] > 0 and 0 < row['frac_of_peak'] < 2 and 0 < row['teacher_share'] < 1
+
+
+def test_shipped_fmnist_cls_teacher_loads_strictly():
+    from g2sd.models import VisionTransformer
+
+    ckpt = ROOT / 'checkpoints' / 'fmnist_vit-teacher_cls.pth'
+    teacher = VisionTransformer(
+        img_size=28, patch_size=4, in_chans=1, embed_dim=96, depth=6, num_heads=3,
+        num_classes=10, global_pool='avg',
+    )  # fmt: skip
+    report = load_pretrained(teacher, str(ckpt), use='encoder_teacher')
+    assert 'head.weight' in report.loaded and 'fc_norm.weight' in report.loaded

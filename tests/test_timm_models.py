@@ -17,7 +17,20 @@ NAMES = ['g2sd_vit_base_patch16_224', 'g2sd_vit_small_patch16_224', 'g2sd_vit_ti
 
 
 def test_only_g2sd_names_are_registered():
-    assert timm.list_models('g2sd_*') == NAMES
+    """Importing g2sd (core and g2sd.cls) adds only g2sd_-prefixed timm names."""
+    import ast
+    import subprocess
+    import sys
+
+    code = (
+        'import timm; before = set(timm.list_models()); '
+        'import g2sd.models, g2sd.cls; added = set(timm.list_models()) - before; '
+        'print(sorted(added))'
+    )
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    added = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert set(NAMES) <= set(added)
+    assert all(name.startswith('g2sd_') for name in added), added
     assert sorted(timm.models.list_models(module='timm_models')) == NAMES
     # timm's own ViTs are untouched
     entry = timm.models.model_entrypoint('vit_small_patch16_224')

@@ -171,8 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         '',
         f'Fashion-MNIST classification, {args.test_samples} test images; students fine-tuned '
-        f'{args.epochs} epochs x {args.train_samples} images, teacher {args.teacher_epochs} '
-        f'epochs x {args.teacher_samples}',
+        f'{args.epochs} epochs x {args.train_samples} images; teacher '
+        + (
+            f'{args.teacher_epochs} epochs x {args.teacher_samples}'
+            if teacher_row in times
+            else f'shipped ({teacher_ckpt.name})'
+        ),
         f'{"row":<28}{"train s":>9}{"top-1":>8}{"top-5":>8}',
     ]
     for name, metrics in results.items():

@@ -45,4 +45,5 @@ fmnist_cls_preprocessor = dict(
 fmnist_gd_student_checkpoint = 'work_dirs/g2sd-gd_vit-student_fmnist/student.pth'
 fmnist_mae_student_checkpoint = 'work_dirs/mae_vit-student_fmnist/student.pth'
 fmnist_mae_teacher_checkpoint = 'checkpoints/fmnist_mae_vit-teacher.pth'
-fmnist_cls_teacher_checkpoint = 'work_dirs/mae-ft_vit-teacher_fmnist/teacher.pth'
+# shipped, made by configs/cls/mae-ft_vit-teacher_fmnist.py (78.84% top-1 on the test set)
+fmnist_cls_teacher_checkpoint = 'checkpoints/fmnist_vit-teacher_cls.pth'
