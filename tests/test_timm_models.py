@@ -31,7 +31,6 @@ def test_only_g2sd_names_are_registered():
     added = ast.literal_eval(out.stdout.strip().splitlines()[-1])
     assert set(NAMES) <= set(added)
     assert all(name.startswith('g2sd_') for name in added), added
-    assert sorted(timm.models.list_models(module='timm_models')) == NAMES
     # timm's own ViTs are untouched
     entry = timm.models.model_entrypoint('vit_small_patch16_224')
     assert entry.__module__ == 'timm.models.vision_transformer'
