@@ -1,16 +1,7 @@
-# "G2SD-Ti w/o S.D.": the generic-distillation ViT-Ti fine-tuned on ImageNet-1k without a
-# teacher: class token, soft-target CE with mixup / cutmix / smoothing, and the same
-# optimiser, schedule and augmentation as the SD run (so the rows differ only by SD).
-_base_ = [
-    '../_base_/cls_runtime.py',
-    '../_base_/datasets/imagenet_cls.py',
-    '../_base_/schedules/cls_finetune_200e.py',
-    '../_base_/models/in1k_cls.py',
-]
+# "G2SD-Ti w/o S.D.": the G2SD-S w/o S.D. recipe (no teacher, same optimiser, schedule and
+# augmentation as the SD run) with the generic-distillation ViT-Ti student.
+_base_ = ['./g2sd-ft_vit-s_8xb128-200e_in1k.py']
 model = dict(
-    type='g2sd.ViTClassifier',
-    backbone={{_base_.vit_ti}},
-    data_preprocessor={{_base_.in1k_preprocessor}},
+    backbone=dict(embed_dim=192, num_heads=3),
     pretrained={{_base_.gd_ti_checkpoint}},
 )
-custom_hooks = [dict(type='g2sd.SaveStudentHook', out='student.pth')]
