@@ -15,7 +15,8 @@ from torch import nn
 from g2sd import checkpoint as ck
 from g2sd.checkpoint import CheckpointError
 from g2sd.models.mae import MaskedAutoencoderViT
-from g2sd.models.vit import Mlp, VisionTransformer, resample_pos_embed
+from g2sd.layers.pos_embed import resample_pos_embed
+from g2sd.models.vit import Mlp, VisionTransformer
 
 ENC = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 DEC = dict(decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
@@ -119,7 +120,7 @@ def test_save_load_round_trip(tmp_path, suffix):
     sd = _vit().state_dict()
     path = str(tmp_path / f'w{suffix}')
     ck.save_state_dict(sd, path, meta={'epoch': 3, 'source': 'x'})
-    assert not os.path.exists(path + '.tmp')
+    assert sorted(os.listdir(tmp_path)) == [f'w{suffix}']
     obj = ck.load_file(path)
     assert _same(ck.extract_state_dict(obj), dict(sd))
     if suffix == '.pth':

@@ -16,10 +16,7 @@ not the averaged, student).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import os.path as osp
-import shutil
 from typing import Any
 
 import torch
@@ -28,31 +25,16 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch import nn
 
+from g2sd.checkpoint import atomic_save
 from g2sd.registry import HOOKS
 
-__all__ = ['SaveStudentHook', 'TeacherCheckHook', 'atomic_torch_save', 'unwrap_algorithm']
+__all__ = ['SaveStudentHook', 'TeacherCheckHook', 'unwrap_algorithm']
 
 
 def unwrap_algorithm(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """(base model without DDP wrapper, its ``.algorithm`` or the base model itself)."""
     base = model.module if is_model_wrapper(model) else model
     return base, getattr(base, 'algorithm', base)
-
-
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary name in the same folder, fsync, then ``os.replace``."""
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    tmp = osp.join(osp.dirname(osp.abspath(path)), f'.{osp.basename(path)}.tmp-{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 def _teacher_checksum(teacher: nn.Module) -> tuple[float, int]:
@@ -175,20 +157,10 @@ class SaveStudentHook(Hook):
             raise RuntimeError(f'{type(owner).__name__} has no export_student()')
         state = {k: v.detach().cpu().contiguous().clone() for k, v in export().items()}
         path = self.out if osp.isabs(self.out) else osp.join(runner.work_dir, self.out)
-        atomic_torch_save(state, path)
+        atomic_save(state, path)
         paths = [path]
         if self.safetensors:
-            from safetensors.torch import save_file
-
             st_path = osp.splitext(path)[0] + '.safetensors'
-            tmp = osp.join(osp.dirname(st_path), f'.{osp.basename(st_path)}.tmp-{os.getpid()}')
-            try:
-                save_file(state, tmp, metadata={'format': 'pt', 'producer': 'g2sd'})
-                shutil.copymode(path, tmp)  # safetensors creates 0600 files
-                os.replace(tmp, st_path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.remove(tmp)
-                raise
+            atomic_save(state, st_path, metadata={'format': 'pt', 'producer': 'g2sd'})
             paths.append(st_path)
         runner.logger.info(f'SaveStudentHook: {len(state)} tensors -> {", ".join(paths)}')

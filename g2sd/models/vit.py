@@ -14,7 +14,6 @@ Design follows timm's ``vision_transformer.py`` (Apache-2.0) and MAE's
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
@@ -22,6 +21,8 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from g2sd.layers.pos_embed import get_2d_sincos_pos_embed, resample_pos_embed, to_2tuple
 
 __all__ = [
     'Attention',
@@ -43,88 +44,6 @@ class QKV(NamedTuple):
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
-
-
-def _to_2tuple(x: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(x, int):
-        return (x, x)
-    if len(x) != 2:
-        raise ValueError(f'expected an int or a pair of ints, got {x!r}')
-    return (int(x[0]), int(x[1]))
-
-
-def get_2d_sincos_pos_embed(
-    embed_dim: int, grid_size: int | Sequence[int], cls_token: bool = False
-) -> torch.Tensor:
-    """Fixed 2-D sin-cos positional embedding, identical to MAE's ``get_2d_sincos_pos_embed``.
-
-    Half of the channels encode the column (w) coordinate, half the row (h), each as
-    ``[sin(pos * omega), cos(pos * omega)]`` with ``omega = 1 / 10000^(2i / (D/2))``.
-
-    Args:
-        embed_dim: Channels D; must be divisible by 4.
-        grid_size: Patch grid (H, W) or a single int for a square grid.
-        cls_token: Prepend an all-zero row for the class token.
-
-    Returns:
-        Tensor of shape (H*W [+1], D), float32.
-    """
-    if embed_dim % 4 != 0:
-        raise ValueError(
-            f'sin-cos position embedding needs embed_dim divisible by 4, got {embed_dim}'
-        )
-    gh, gw = _to_2tuple(grid_size)
-    omega = torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim / 4.0)
-    omega = 1.0 / 10000**omega  # (D/4,)
-    ys, xs = torch.meshgrid(
-        torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing='ij'
-    )
-    # MAE: grid = meshgrid(grid_w, grid_h) -> first half encodes w, second half h.
-    out_w = xs.reshape(-1, 1) * omega[None]
-    out_h = ys.reshape(-1, 1) * omega[None]
-    emb = torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)
-    if cls_token:
-        emb = torch.cat([torch.zeros(1, embed_dim, dtype=emb.dtype), emb], dim=0)
-    return emb.float()
-
-
-def resample_pos_embed(
-    pos_embed: torch.Tensor,
-    new_grid: Sequence[int],
-    num_prefix_tokens: int = 1,
-    old_grid: Sequence[int] | None = None,
-    interpolation: str = 'bicubic',
-) -> torch.Tensor:
-    """Resample an absolute position embedding to another patch grid.
-
-    Args:
-        pos_embed: (1, P + H*W, C) with P prefix (class) tokens.
-        new_grid: Target grid (H', W').
-        num_prefix_tokens: Number of leading tokens that are not resampled.
-        old_grid: Source grid; inferred as square when None.
-        interpolation: Mode for ``F.interpolate``.
-
-    Returns:
-        (1, P + H'*W', C) in the input's dtype.
-    """
-    if pos_embed.ndim != 3:
-        raise ValueError(f'pos_embed must be (1, N, C), got shape {tuple(pos_embed.shape)}')
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    n = grid.shape[1]
-    if old_grid is None:
-        side = int(math.isqrt(n))
-        if side * side != n:
-            raise ValueError(f'cannot infer a square grid from {n} position tokens; give old_grid')
-        old_grid = (side, side)
-    oh, ow = _to_2tuple(old_grid)
-    nh, nw = _to_2tuple(new_grid)
-    if (oh, ow) == (nh, nw):
-        return pos_embed
-    dtype = pos_embed.dtype
-    grid = grid.reshape(1, oh, ow, -1).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=(nh, nw), mode=interpolation, align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, nh * nw, -1).to(dtype)
-    return torch.cat([prefix, grid], dim=1)
 
 
 @dataclass
@@ -199,8 +118,8 @@ class PatchEmbed(nn.Module):
         strict_img_size: bool = False,
     ) -> None:
         super().__init__()
-        self.img_size = _to_2tuple(img_size)
-        self.patch_size = _to_2tuple(patch_size)
+        self.img_size = to_2tuple(img_size)
+        self.patch_size = to_2tuple(patch_size)
         if any(s % p for s, p in zip(self.img_size, self.patch_size)):
             raise ValueError(
                 f'img_size {self.img_size} must be divisible by patch_size {self.patch_size}'
