@@ -8,12 +8,12 @@ Distillation of Masked Autoencoders", CVPR 2023, arXiv 2302.14771). Installed as
 Importing it registers, in the ``g2sd`` scope: ``g2sd.DistilledVisionTransformer``,
 ``g2sd.ViTClassifier``, ``g2sd.ClsDataPreprocessor``, ``g2sd.TopKAccuracy``,
 ``g2sd.TimmTransform``, the timm names ``g2sd_vit_*_distilled_patch16_224`` and (through
-:mod:`g2sd.distill.kd`, :mod:`g2sd.distill.kd_losses`, :mod:`g2sd.engine.kd_hooks`) the shared
-distillation wrapper ``g2sd.DistillModel``, its losses and hooks.
+:mod:`g2sd.distill` and :mod:`g2sd.engine`) the shared distillation wrapper
+``g2sd.DistillModel``, its losses and its runner hooks.
 """
 
-from g2sd.distill import kd, kd_losses  # noqa: F401  (registers g2sd.DistillModel and losses)
-from g2sd.engine import kd_hooks  # noqa: F401  (registers the distillation hooks)
+import g2sd.distill  # noqa: F401  (registers g2sd.DistillModel and the losses)
+import g2sd.engine  # noqa: F401  (registers the distillation runner hooks)
 
 from .classifier import ClsDataPreprocessor, ViTClassifier, soft_target_cross_entropy
 from .metrics import TopKAccuracy, imagenet_class_indices, topk_correct

@@ -25,8 +25,7 @@ from mmengine.model import BaseDataPreprocessor, BaseModel
 from torch import nn
 
 from g2sd.checkpoint import load_pretrained
-from g2sd.distill.teacher import build_module
-from g2sd.engine.model import check_finite_loss
+from g2sd.distill.base import FiniteLossParsing, build_model
 from g2sd.registry import MODELS
 
 from .vit import DIST_KEYS, DistilledVisionTransformer
@@ -142,7 +141,7 @@ class ClsDataPreprocessor(BaseDataPreprocessor):
 
 
 @MODELS.register_module()
-class ViTClassifier(BaseModel):
+class ViTClassifier(FiniteLossParsing, BaseModel):
     """Image classifier: a g2sd ViT (plain or with distillation token) as ``backbone``.
 
     ``loss``: soft-target cross-entropy on the class-token logits for (B, K) targets
@@ -154,7 +153,8 @@ class ViTClassifier(BaseModel):
 
     A plain backbone state dict (timm / MAE keys, e.g. ``export_student()`` output or a
     ``SaveStudentHook`` file) loads into this model: keys are given the ``backbone.``
-    prefix on load.
+    prefix on load. Loss parsing refuses a non-finite loss before the optimiser step
+    (:class:`g2sd.distill.FiniteLossParsing`).
 
     Args:
         backbone: Config (``type='g2sd.VisionTransformer'`` /
@@ -181,16 +181,13 @@ class ViTClassifier(BaseModel):
         loss_weight: float = 1.0,
         init_cfg: dict | None = None,
     ) -> None:
-        backbone = build_module(backbone, 'backbone')
+        backbone = build_model(backbone, 'backbone')
         if data_preprocessor is None:
             num_classes = int(getattr(backbone, 'num_classes', 0))
             if num_classes < 1:
                 raise ValueError('the backbone has no classifier (num_classes=0)')
             data_preprocessor = dict(type='g2sd.ClsDataPreprocessor', num_classes=num_classes)
-        if isinstance(data_preprocessor, dict):
-            cfg = dict(data_preprocessor)
-            cfg.setdefault('_scope_', 'g2sd')
-            data_preprocessor = MODELS.build(cfg)
+        data_preprocessor = build_model(data_preprocessor, 'data_preprocessor')
         pre_k, net_k = getattr(data_preprocessor, 'num_classes', None), backbone.num_classes
         if pre_k is not None and pre_k != net_k:
             raise ValueError(
@@ -307,11 +304,3 @@ class ViTClassifier(BaseModel):
         if isinstance(out, tuple):  # called in training mode
             out = (out[0] + out[1]) / 2
         return self.format_predictions(out, data_samples)
-
-    def parse_losses(
-        self, losses: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """mmengine's parsing plus a finiteness check before the optimiser step."""
-        loss, log_vars = super().parse_losses(losses)
-        check_finite_loss(loss, log_vars)
-        return loss, log_vars

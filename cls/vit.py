@@ -26,7 +26,6 @@ State-dict keys are those of :class:`g2sd.models.VisionTransformer` plus ``dist_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -87,6 +86,10 @@ class DistilledVisionTransformer(VisionTransformer):
         self.dist_token_position = dist_token_position
         self.eval_output = eval_output
         self.dist_index = 1 if dist_token_position == 'deit' else -1
+        if dist_token_position == 'deit':
+            self.num_lead_tokens = 2
+        else:
+            self.num_trail_tokens = 1
         c = self.embed_dim
         self.dist_token = nn.Parameter(torch.zeros(1, 1, c))
         self.dist_pos_embed = (
@@ -142,33 +145,19 @@ class DistilledVisionTransformer(VisionTransformer):
         return super().get_layer_depth(name, num_layers)
 
     # --------------------------------------------------------------- forward
-    def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C_in, H, W) -> input tokens (B, 2 + N, C) with the distillation token."""
-        tokens = self.patchify_embed(x)
-        b = tokens.shape[0]
+    def _cat_extra_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Position-embedded patch tokens (B, N, C) -> (B, 2 + N, C) with the distillation token.
+
+        The ViT's one token-preparation override point: ``[cls, patches..., dist]``
+        (``'end'``, no position on ``dist``) or ``[cls, dist + dist_pos_embed, patches...]``
+        (``'deit'``). Every forward path of :class:`g2sd.models.VisionTransformer` uses it.
+        """
+        b = x.shape[0]
         cls = self.prefix_tokens(b)
         dist = self.dist_token.expand(b, -1, -1)
         if self.dist_pos_embed is not None:  # 'deit'
-            return torch.cat([cls, dist + self.dist_pos_embed, tokens], dim=1)
-        return torch.cat([cls, tokens, dist], dim=1)  # 'end': no position embedding
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) -> normed tokens (B, 2 + N, C) (order per ``dist_token_position``)."""
-        tokens, _ = self.forward_blocks(self.embed_tokens(x))
-        return self.norm(tokens)
-
-    def forward_intermediates(
-        self, x: torch.Tensor, indices: Sequence[int], norm: bool = False
-    ) -> list[torch.Tensor]:
-        """Token outputs (B, 2 + N, C) of the given blocks, distillation token included."""
-        wanted = [i % self.depth for i in indices]
-        tokens = self.embed_tokens(x)
-        outs: dict[int, torch.Tensor] = {}
-        for i, blk in enumerate(self.blocks[: max(wanted) + 1]):
-            tokens = blk(tokens)
-            if i in wanted:
-                outs[i] = self.norm(tokens) if norm else tokens
-        return [outs[i] for i in wanted]
+            return torch.cat([cls, dist + self.dist_pos_embed, x], dim=1)
+        return torch.cat([cls, x, dist], dim=1)  # 'end': no position embedding
 
     def forward_head(
         self, x: torch.Tensor, pre_logits: bool = False

@@ -14,12 +14,23 @@ from torch import nn
 
 from g2sd import checkpoint as ck
 from g2sd.checkpoint import CheckpointError
-from g2sd.models.mae import MaskedAutoencoderViT
 from g2sd.layers.pos_embed import resample_pos_embed
+from g2sd.models.mae import MaskedAutoencoderViT
 from g2sd.models.vit import Mlp, VisionTransformer
 
 ENC = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 DEC = dict(decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+# The encoder keys of ENC in the timm / MAE layout, written out (the expectation of the tests).
+ENCODER_KEYS = frozenset(
+    ['cls_token', 'pos_embed', 'patch_embed.proj.weight', 'patch_embed.proj.bias']
+    + [
+        f'blocks.{i}.{m}.{p}'
+        for i in range(2)
+        for m in ('norm1', 'attn.qkv', 'attn.proj', 'norm2', 'mlp.fc1', 'mlp.fc2')
+        for p in ('weight', 'bias')
+    ]
+    + ['norm.weight', 'norm.bias']
+)
 
 
 def _mae(pixel_head: bool = True, **kw) -> MaskedAutoencoderViT:
@@ -63,7 +74,7 @@ def files(tmp_path) -> dict[str, tuple[str, dict[str, torch.Tensor]]]:
     out = {}
     args = argparse.Namespace(model='mae_vit_tiny', mask_ratio=0.75)
     full = _mae().state_dict()
-    enc = ck.to_encoder_state_dict(full)
+    enc = {k: v for k, v in full.items() if k in ENCODER_KEYS}
     gd = _official_gd_sd()
     timm_sd = _vit(num_classes=10).state_dict()
     ft = _vit(num_classes=10, global_pool='avg').state_dict()
@@ -141,17 +152,21 @@ def test_save_rejects_bad_input(tmp_path):
 
 
 def test_to_encoder_state_dict_every_format(files):
-    ref = ck.to_encoder_state_dict(files['mae_full'][1])
-    assert 'mask_token' not in ref and not any(k.startswith('decoder') for k in ref)
-    assert {'cls_token', 'pos_embed', 'patch_embed.proj.weight', 'norm.weight'} <= set(ref)
+    full = files['mae_full'][1]
+    ref = ck.to_encoder_state_dict(full)
+    assert set(ref) == ENCODER_KEYS
+    assert all(torch.equal(ref[k], full[k]) for k in ENCODER_KEYS)
     for name in ('g2sd_official_gd', 'ddp'):
         enc = ck.to_encoder_state_dict(ck.load_file(files[name][0]))
-        assert enc.keys() == ref.keys()
+        assert set(enc) == ENCODER_KEYS
     ours = ck.to_encoder_state_dict(files['g2sd_distiller'][1])
-    assert ours.keys() == ref.keys()
+    assert set(ours) == ENCODER_KEYS
     timm_sd = files['timm'][1]
-    assert 'head.weight' not in ck.to_encoder_state_dict(timm_sd)
-    assert 'head.weight' in ck.to_encoder_state_dict(timm_sd, keep_head=True)
+    assert set(ck.to_encoder_state_dict(timm_sd)) == ENCODER_KEYS
+    assert set(ck.to_encoder_state_dict(timm_sd, keep_head=True)) == ENCODER_KEYS | {
+        'head.weight',
+        'head.bias',
+    }
 
 
 def test_official_gd_to_distiller_matches_our_layout(files):
@@ -226,9 +241,10 @@ def test_backbone_from_any_format(files, name):
     path, _ = files[name]
     model = _vit(num_classes=7)
     report = ck.load_pretrained(model, path, use='backbone')
-    enc = ck.to_encoder_state_dict(ck.load_file(path))
+    flat = ck.extract_state_dict(ck.load_file(path))
+    prefix = 'student.' if name == 'g2sd_distiller' else ''
     got = model.state_dict()
-    assert all(torch.equal(got[k], v) for k, v in enc.items())
+    assert all(torch.equal(got[k], flat[prefix + k]) for k in ENCODER_KEYS)
     assert {'head.weight', 'head.bias'} <= set(report.missing_allowed)  # 7 classes: kept at init
 
 
@@ -317,7 +333,9 @@ def test_pos_embed_resampling_identity_and_new_grid(files):
     assert sorted(report.resampled) == ['decoder_pos_embed', 'pos_embed']
     assert big.pos_embed.shape == (1, 37, 32) and big.decoder_pos_embed.shape == (1, 37, 16)
     assert torch.equal(big.pos_embed[:, :1], pe[:, :1])  # class token untouched
-    expected = resample_pos_embed(pe, (6, 6), 1, (4, 4))
+    grid = pe[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2)  # independent of the loader
+    grid = torch.nn.functional.interpolate(grid, size=(6, 6), mode='bicubic', align_corners=False)
+    expected = torch.cat([pe[:, :1], grid.permute(0, 2, 3, 1).reshape(1, 36, 32)], dim=1)
     assert torch.allclose(big.pos_embed, expected)
 
     with pytest.raises(CheckpointError, match=r'pos_embed: checkpoint \(1, 17, 32\) vs model'):

@@ -56,14 +56,14 @@ def test_eval_output_is_average_of_heads(position: str) -> None:
 def test_token_placement() -> None:
     x = torch.randn(2, 3, 32, 32)
     end = DistilledVisionTransformer(dist_token_position='end', **KW)
-    tok = end.embed_tokens(x)
+    tok, _ = end.prepare_tokens(x)
     assert tok.shape == (2, 2 + 16, 32)
     torch.testing.assert_close(tok[:, -1], end.dist_token[0].expand(2, -1))  # no position
     torch.testing.assert_close(tok[:, 0], (end.cls_token + end.pos_embed[:, :1])[0].expand(2, -1))
     assert end.dist_pos_embed is None and end.pos_embed.shape == (1, 17, 32)
 
     deit = DistilledVisionTransformer(dist_token_position='deit', **KW)
-    tok = deit.embed_tokens(x)
+    tok, _ = deit.prepare_tokens(x)
     torch.testing.assert_close(tok[:, 1], (deit.dist_token + deit.dist_pos_embed)[0].expand(2, -1))
     torch.testing.assert_close(tok[:, 2:], deit.patchify_embed(x))
     assert deit.pos_embed.shape == (1, 17, 32)  # same layout as every MAE / GD checkpoint
@@ -125,7 +125,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize('prefix', ['backbone.', 'student.backbone.'])
 def test_layer_decay_table(prefix: str) -> None:
-    from g2sd.distill.kd import DistillModel
+    from g2sd.distill import DistillModel
 
     clf = ViTClassifier(
         backbone=DistilledVisionTransformer(dist_token_position='deit', **KW),

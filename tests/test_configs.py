@@ -32,13 +32,11 @@ def shrink(node):
     return node
 
 
-def build_algorithm(cfg: Config) -> torch.nn.Module:
-    model = copy.deepcopy(cfg.model.to_dict())
-    algo = shrink(model['algorithm'])
-    if 'teacher' in algo:
-        algo['teacher_checkpoint'] = None
-        algo['allow_random_teacher'] = True
-    model['algorithm'] = algo
+def build_model(cfg: Config) -> torch.nn.Module:
+    model = shrink(copy.deepcopy(cfg.model.to_dict()))
+    if 'teacher' in model:
+        model['teacher_checkpoint'] = None
+        model['allow_random_teacher'] = True
     return MODELS.build(dict(model, _scope_='g2sd'))
 
 
@@ -46,14 +44,15 @@ def build_algorithm(cfg: Config) -> torch.nn.Module:
 def test_pretrain_config_builds_and_steps(path):
     cfg = Config.fromfile(str(path))
     assert cfg.default_scope == 'g2sd'
-    model = build_algorithm(cfg)
-    algo = model.algorithm
+    algo = build_model(cfg)
+    assert cfg.model.type != 'g2sd.PretrainModel'  # configs name the distiller directly
+    assert 'teacher_ckpt' not in cfg.model and 'algorithm' not in cfg.model
     img = algo.student.patch_embed.img_size
     chans = algo.student.patch_embed.proj.in_channels
     x = torch.randn(2, chans, *img)
     if type(algo).__name__ == 'TinyMIMDistiller':
         x = torch.stack([x, x], dim=1)
-    losses = model(x, mode='loss')
+    losses = algo(x, mode='loss')
     assert losses and all(torch.isfinite(v) for v in losses.values())
     assert cfg.train_dataloader.dataset.pipeline
 
@@ -69,7 +68,7 @@ def test_g2sd_paper_recipe_values():
         'g2sd-gd_vit-ti_mae-b_8xb256-accum2-300e_in1k.py': (192, 3, 128, 4),
     }.items():
         cfg = _cfg(name)
-        a = cfg.model.algorithm
+        a = cfg.model
         s, t = a.student, a.teacher
         assert (s.embed_dim, s.depth, s.num_heads) == (dim, 12, heads)
         assert (s.decoder_embed_dim, s.decoder_depth, s.decoder_num_heads) == (ddim, 4, dheads)
@@ -89,8 +88,8 @@ def test_g2sd_paper_recipe_values():
         assert cfg.train_dataloader.batch_size * 8 * opt.accumulative_counts == 4096
         assert opt.optimizer.lr == pytest.approx(2.4e-3)
         assert cfg.auto_scale_lr.base_batch_size == 4096
-        warm, cos = cfg.param_scheduler
-        assert (warm.end, cos.begin, cos.end, cos.eta_min) == (10, 10, 300, 2.5e-6)
+        sch = cfg.param_scheduler
+        assert (sch.type, sch.warmup, sch.eta_min) == ('g2sd.WarmupCosineLR', 10, 2.5e-6)
         assert cfg.train_cfg.max_epochs == 300
         rrc = cfg.train_dataloader.dataset.pipeline[0]
         assert (rrc.size, tuple(rrc.scale), rrc.interpolation) == (224, (0.2, 1.0), 'bicubic')
@@ -98,20 +97,20 @@ def test_g2sd_paper_recipe_values():
 
 def test_peer_recipes():
     d = _cfg('dmae_vit-ti_mae-b_8xb512-400e_in1k.py')
-    assert d.model.algorithm.student.num_heads == 12 and d.model.algorithm.attn_weight == 1.0
-    assert d.train_cfg.max_epochs == 400 and d.param_scheduler[0].end == 40
+    assert d.model.student.num_heads == 12 and d.model.attn_weight == 1.0
+    assert d.train_cfg.max_epochs == 400 and d.param_scheduler.warmup == 40
     assert tuple(d.train_dataloader.dataset.pipeline[0].scale) == (0.08, 1.0)
     d2 = _cfg('d2mae_vit-ti_mae-b_8xb512-400e_in1k.py')
-    assert d2.model.algorithm.d2 is True and d2.model.algorithm.d2_latent_block == 8
+    assert d2.model.d2 is True and d2.model.d2_latent_block == 8
     t = _cfg('tinymim_vit-s_mae-b_32xb128-300e_in1k.py')
-    s = t.model.algorithm.student
+    s = t.model.student
     assert (s.num_heads, s.last_block_heads, s.drop_path_rate, s.drop_path_mode) == (
         6,
         12,
         0.1,
         'constant',
     )
-    assert t.model.algorithm.teacher_block == 12 and t.param_scheduler[0].end == 15
+    assert t.model.teacher_block == 12 and t.param_scheduler.warmup == 15
     assert t.train_dataloader.batch_size * 32 == 4096
 
 

@@ -169,3 +169,78 @@ def test_real_mmengine_runner_checkpoint(tmp_path):
     dst = str(tmp_path / 'student.safetensors')
     assert tool.main([src, dst]) == 0
     assert _same_features(_timm_from(dst), runner.model.algorithm.student)
+
+
+EXPORT = ROOT / 'tools' / 'convert' / 'export_cls_timm.py'
+
+
+class _System:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+@pytest.mark.parametrize('legacy', [False, True])
+def test_gadget_file_is_refused_by_both_converters(tmp_path, legacy):
+    marker = tmp_path / 'MARKER'
+    src = str(tmp_path / 'evil.pth')
+    obj = {'model': MaskedAutoencoderViT(**TINY, **DEC).state_dict(), 'x': _System(str(marker))}
+    torch.save(obj, src, _use_new_zipfile_serialization=not legacy)
+    for script in (SCRIPT, EXPORT):
+        dst = tmp_path / 'out.pth'
+        out = subprocess.run(
+            [sys.executable, str(script), src, str(dst)], capture_output=True, text=True
+        )
+        assert out.returncode == 1
+        errors = [line for line in out.stderr.splitlines() if 'error:' in line]
+        assert len(errors) == 1 and f'{os.name}.system' in errors[0]
+        assert 'Traceback' not in out.stderr and 'weights_only=False' not in out.stderr
+        assert not dst.exists()
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    'damage, expected',
+    [
+        ('int', 'blocks.0.attn.qkv.weight: checkpoint torch.int64 vs model torch.float32'),
+        ('extra', 'unexpected keys (1): blocks.0.attn.extra'),
+        ('shape', 'blocks.1.mlp.fc1.weight: checkpoint (64, 32) vs model (128, 32)'),
+    ],
+)
+def test_extract_refuses_bad_outputs(tmp_path, damage, expected):
+    sd = dict(MaskedAutoencoderViT(**TINY, **DEC).state_dict())
+    if damage == 'int':
+        sd['blocks.0.attn.qkv.weight'] = sd['blocks.0.attn.qkv.weight'].long()
+    elif damage == 'extra':
+        sd['blocks.0.attn.extra'] = torch.zeros(3)
+    else:
+        sd['blocks.1.mlp.fc1.weight'] = torch.zeros(64, 32)
+    src = str(tmp_path / 'bad.pth')
+    torch.save({'model': sd}, src)
+    dst = tmp_path / 'o.safetensors'
+    out = _run(src, str(dst))
+    assert out.returncode == 1 and expected in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not dst.exists() and os.listdir(tmp_path) == ['bad.pth']
+
+
+def test_export_refuses_integer_tensors_and_writes_nothing(tmp_path):
+    from g2sd.models.vit import VisionTransformer
+
+    sd = VisionTransformer(patch_size=16, embed_dim=192, depth=12, num_heads=3, num_classes=4)
+    sd = dict(sd.state_dict())
+    sd['head.weight'] = sd['head.weight'].to(torch.int32)
+    src = str(tmp_path / 'student.pth')
+    torch.save(sd, src)
+    dst = tmp_path / 'o.safetensors'
+    out = subprocess.run(
+        [sys.executable, str(EXPORT), src, str(dst), '--dist-head', 'drop'],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 1
+    assert 'head.weight: checkpoint torch.int32 vs model torch.float32' in out.stderr
+    assert 'Traceback' not in out.stderr
+    assert not dst.exists() and os.listdir(tmp_path) == ['student.pth']

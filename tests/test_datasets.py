@@ -178,3 +178,18 @@ def test_image_folder_missing_root(tmp_path):
     (tmp_path / 'empty').mkdir()
     with pytest.raises(FileNotFoundError, match='no class sub-folders'):
         ImageFolder(str(tmp_path / 'empty'))
+
+
+def test_image_folder_empty_class_folder_refused_or_kept(tmp_path, caplog):
+    root = tmp_path / 'train'
+    _make_tree(root)
+    (root / 'bird').mkdir()  # empty: would become a class that never occurs
+    (root / 'eel').mkdir()
+    (root / 'eel' / 'readme.txt').write_text('no images here')
+    with pytest.raises(ValueError, match=r"\['bird', 'eel'\] \(2 of 4\)"):
+        ImageFolder(str(root))
+    with caplog.at_level('WARNING', logger='g2sd.engine.datasets'):
+        ds = ImageFolder(str(root), allow_empty_classes=True)
+    assert ds.classes == ['bird', 'cat', 'dog', 'eel']
+    assert [s[1] for s in ds.samples] == [1, 1, 2, 2]
+    assert "['bird', 'eel']" in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import os
 import os.path as osp
 import pickle
@@ -134,7 +135,7 @@ def run(cfg: Config) -> G2SDRunner:
 
 
 def full_load(path: str) -> dict:
-    return torch.load(path, map_location='cpu', weights_only=False)
+    return torch.load(path, map_location='cpu', weights_only=True)
 
 
 def model_params(runner: G2SDRunner) -> dict[str, torch.Tensor]:
@@ -180,20 +181,17 @@ def test_nan_loss_raises_before_step_and_keeps_checkpoint(tmp_path):
 
 
 def test_interrupted_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    import mmengine.runner.runner as mm_runner
-
-    real_save = mm_runner.save_checkpoint
+    real_save = torch.save
     calls = {'n': 0}
 
-    def flaky_save(checkpoint, filename, *args, **kwargs):
+    def flaky_save(obj, f, *args, **kwargs):
         calls['n'] += 1
         if calls['n'] == 2:  # a write killed half-way: partial bytes, then death
-            with open(filename, 'wb') as f:
-                f.write(b'PK\x03\x04 truncated')
+            f.write(b'PK\x03\x04 truncated')
             raise KeyboardInterrupt('killed while saving')
-        return real_save(checkpoint, filename, *args, **kwargs)
+        return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(mm_runner, 'save_checkpoint', flaky_save)
+    monkeypatch.setattr(torch, 'save', flaky_save)
     wd = str(tmp_path / 'wd')
     with pytest.raises(KeyboardInterrupt):
         run(make_cfg(wd, max_iters=4, interval=1))
@@ -231,39 +229,78 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
         torch.testing.assert_close(v, ref_params[k])
 
 
-def test_full_unpickling_is_scoped_to_resume(tmp_path):
+def test_checkpoints_are_plain_data_and_load_from_reads_weights_only(tmp_path):
     assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ
     wd = str(tmp_path / 'wd')
     run(make_cfg(wd, max_iters=2))
     ckpt = osp.join(wd, 'iter_2.pth')
+    # no globals beyond torch's weights_only defaults (message hub stored as plain data)
+    loaded = torch.load(ckpt, weights_only=True)
+    assert set(loaded) >= {'meta', 'state_dict', 'message_hub', 'optimizer', 'rng'}
+    hub = loaded['message_hub']['log_scalars']['train/loss']
+    assert hub['__history_buffer__'] is True and hub['log_history'].dtype == torch.float64
+    assert len(hub['log_history']) == 2
     cfg = make_cfg(wd, max_iters=3)
     cfg.resume = True
-    run(cfg)
-    assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(ckpt)  # default weights_only=True still in force
-    # load_from (third-party weights) is never fully unpickled
+    assert run(cfg).iter == 3
+    # load_from of a g2sd checkpoint: its weights only
     cfg = make_cfg(str(tmp_path / 'other'), max_iters=1)
     cfg.load_from = ckpt
-    with pytest.raises(pickle.UnpicklingError, match='load_from takes plain weights'):
+    assert run(cfg).iter == 1
+    # load_from of a file that needs other globals: refused, naming them
+    bad = tmp_path / 'bad.pth'
+    torch.save(dict(state_dict={}, x=argparse.Namespace(a=1), y=uuid.UUID(int=1)), bad)
+    cfg = make_cfg(str(tmp_path / 'third'), max_iters=1)
+    cfg.load_from = str(bad)
+    with pytest.raises(pickle.UnpicklingError, match=r'uuid\.UUID.*load_from takes plain weights'):
+        run(cfg)
+
+
+def test_load_from_is_strict_and_names_the_keys(tmp_path):
+    from g2sd.checkpoint import CheckpointError
+
+    wd = str(tmp_path / 'wd')
+    run(make_cfg(wd, max_iters=2))
+    sd = torch.load(osp.join(wd, 'iter_2.pth'), weights_only=True)['state_dict']
+    # mmengine's own load_from is strict=False: an extra and a missing key would pass silently
+    broken = dict(sd)
+    broken['algorithm.student.extra'] = torch.zeros(1)
+    missing = sorted(broken)[0]
+    del broken[missing]
+    torch.save({'state_dict': broken}, tmp_path / 'broken.pth')
+    cfg = make_cfg(str(tmp_path / 'other'), max_iters=1)
+    cfg.load_from = str(tmp_path / 'broken.pth')
+    with pytest.raises(CheckpointError) as err:
+        run(cfg)
+    msg = str(err.value)
+    assert 'missing keys (1)' in msg and missing in msg
+    assert 'unexpected keys (1)' in msg and 'extra' in msg
+    # an integer tensor for a float weight is refused, not cast
+    ints = {k: v.long() if k == missing else v for k, v in sd.items()}
+    torch.save({'state_dict': ints}, tmp_path / 'ints.pth')
+    cfg = make_cfg(str(tmp_path / 'third'), max_iters=1)
+    cfg.load_from = str(tmp_path / 'ints.pth')
+    with pytest.raises(CheckpointError, match='int64'):
         run(cfg)
 
 
 def test_resume_refuses_unexpected_globals(tmp_path):
+    from g2sd.checkpoint import CheckpointError
+
     wd = tmp_path / 'wd'
     wd.mkdir()
     bad = wd / 'iter_2.pth'
-    torch.save(dict(meta=dict(iter=2, epoch=0), state_dict={}, x=argparse.Namespace(a=1)), bad)
+    torch.save(dict(meta=dict(iter=2, epoch=0), state_dict={}, x=uuid.UUID(int=1)), bad)
     cfg = make_cfg(str(wd), max_iters=3)
     cfg.resume = True
-    with pytest.raises(pickle.UnpicklingError, match=r'argparse\.Namespace'):
+    with pytest.raises(CheckpointError, match=r'uuid\.UUID'):
         run(cfg)
 
 
-def test_find_resume_checkpoint_fallback(tmp_path):
+def test_find_resume_checkpoint_fallback(tmp_path, caplog):
     assert find_resume_checkpoint(str(tmp_path)) is None
     for n in (2, 10, 4):
-        (tmp_path / f'iter_{n}.pth').write_bytes(b'x')
+        torch.save({'n': n}, tmp_path / f'iter_{n}.pth')
     (tmp_path / '.iter_12.pth.tmp-1').write_bytes(b'x')
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_12.pth'))  # missing file
     assert find_resume_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_10.pth')
@@ -271,6 +308,30 @@ def test_find_resume_checkpoint_fallback(tmp_path):
     assert find_resume_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_10.pth')
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_4.pth'))
     assert find_resume_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_4.pth')
+
+
+def test_truncated_newest_checkpoint_falls_back_with_warning(tmp_path):
+    from mmengine.logging import MMLogger
+
+    for n in (2, 4):
+        torch.save({'n': n}, tmp_path / f'iter_{n}.pth')
+    data = (tmp_path / 'iter_4.pth').read_bytes()
+    (tmp_path / 'iter_4.pth').write_bytes(data[: len(data) // 2])  # killed mid-write
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_4.pth'))
+    logger = MMLogger.get_instance(f'h2_trunc_{uuid.uuid4().hex[:6]}')
+    records: list[str] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger.addHandler(Grab())
+    found = find_resume_checkpoint(str(tmp_path))  # warns through the current MMLogger
+    assert found == str(tmp_path / 'iter_2.pth')
+    warned = [r for r in records if 'unreadable' in r]
+    assert warned and 'iter_4.pth' in warned[0] and 'iter_2.pth' in warned[0], records
+    (tmp_path / 'iter_2.pth').write_bytes(b'PK\x03\x04')
+    assert find_resume_checkpoint(str(tmp_path)) is None
 
 
 def test_amp_on_cpu_autocasts_forward_to_bf16(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""Import-time contracts of the package layout (see DESIGN.md, 'Rules that keep it simple')."""
+"""Import-time contracts of the package layout (README, 'Layout': ``import g2sd``
+loads only torch / timm / mmengine; the mmdet / mmseg plugins are imported by configs)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Scheduling hooks of the distillation wrapper (values per step, stop point, teacher val)."""
+"""Runner hooks of the distillation wrapper (weight per step, stop point, teacher val)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import torch
 from mmengine.logging import MessageHub
 from torch import nn
 
-from g2sd.engine.kd_hooks import (
+from g2sd.engine.hooks import (
     DistillWeightHook,
     StopDistillHook,
-    TeacherValHook,
     distill_weight_factor,
 )
 
@@ -100,35 +99,60 @@ def test_stop_distill_by_epoch_and_iter() -> None:
         StopDistillHook(stop_epoch=1, stop_iter=1)
 
 
-def test_teacher_val_hook_logs_teacher_metrics() -> None:
-    class Model(Toy):
-        def val_step(self, data):
-            who = 'teacher' if self.predict_with_teacher else 'student'
-            return [who] * len(data)
+def test_teacher_val_hook_in_a_real_runner(tmp_path) -> None:
+    """TeacherValHook evaluates the real teacher of a DistillModel with the real metric."""
+    from mmengine.runner import Runner
 
-    class Evaluator:
-        def __init__(self) -> None:
-            self.seen: list[str] = []
+    from g2sd.cls import ClsDataPreprocessor, DistilledVisionTransformer, ViTClassifier
+    from g2sd.distill import DistillModel
+    from g2sd.models import VisionTransformer
 
-        def process(self, data_samples, data_batch):
-            self.seen += data_samples
-
-        def evaluate(self, size):
-            return {'top1': 100.0 * sum(s == 'teacher' for s in self.seen) / size}
-
-    class Loader:
-        dataset = list(range(6))
-
-        def __iter__(self):
-            return iter([[0, 1], [2, 3], [4, 5]])
-
-    model = Model()
-    runner = fake_runner(model)
-    runner.val_loop = SimpleNamespace(evaluator=Evaluator(), dataloader=Loader())
-    model.train()
-    TeacherValHook().before_train(runner)
-    assert runner.message_hub.get_scalar('val/teacher/top1').current() == 100.0
-    assert model.training and not model.predict_with_teacher
+    kw = dict(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=3)
+    torch.manual_seed(0)
+    teacher = VisionTransformer(global_pool='avg', **kw)
+    with torch.no_grad():
+        teacher.head.weight.normal_(0, 1.0)
+    model = DistillModel(
+        student=ViTClassifier(
+            backbone=DistilledVisionTransformer(**kw),
+            data_preprocessor=ClsDataPreprocessor(num_classes=3),
+        ),
+        teacher=teacher,
+        allow_random_teacher=True,
+        distill=[
+            dict(student='backbone.head_dist', teacher='head', loss=dict(type='g2sd.HardKDLoss'))
+        ],
+    )
+    g = torch.Generator().manual_seed(1)
+    xs = torch.randn(10, 3, 16, 16, generator=g)
+    labels = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
+    data = [dict(inputs=xs[i], data_samples=labels[i]) for i in range(10)]
+    with torch.no_grad():
+        t_pred = teacher(xs).argmax(-1).tolist()
+    expected = 100.0 * sum(p == y for p, y in zip(t_pred, labels)) / 10
+    loader = dict(
+        dataset=data,
+        batch_size=4,
+        sampler=dict(type='DefaultSampler', shuffle=False),
+        collate_fn=dict(type='default_collate'),
+    )
+    runner = Runner(
+        model=model,
+        work_dir=str(tmp_path),
+        train_dataloader=loader,
+        val_dataloader=loader,
+        val_cfg=dict(),
+        val_evaluator=dict(type='g2sd.TopKAccuracy', topk=(1,)),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.0)),
+        train_cfg=dict(by_epoch=False, max_iters=1, val_interval=100),
+        custom_hooks=[dict(type='g2sd.TeacherValHook')],
+        default_hooks=dict(checkpoint=None, logger=dict(type='LoggerHook', interval=1)),
+        default_scope='g2sd',
+    )
+    runner.train()
+    got = runner.message_hub.get_scalar('val/teacher/top1').current()
+    assert got == pytest.approx(expected)
+    assert model.predict_with_teacher is False
 
 
 def test_hooks_work_in_a_real_runner(tmp_path) -> None:
@@ -136,7 +160,7 @@ def test_hooks_work_in_a_real_runner(tmp_path) -> None:
     from mmengine.runner import Runner
 
     from g2sd.cls import ClsDataPreprocessor, DistilledVisionTransformer, ViTClassifier
-    from g2sd.distill.kd import DistillModel
+    from g2sd.distill import DistillModel
     from g2sd.models import VisionTransformer
 
     kw = dict(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=3)

@@ -89,10 +89,44 @@ def test_pos_embed_resample_identity_and_shape():
     torch.testing.assert_close(out[:, :1], pe[:, :1])
 
 
-def test_intermediates_and_layer_depth():
+@pytest.mark.parametrize(
+    'kwargs',
+    [
+        dict(indices=[0, -1]),
+        dict(indices=2, norm=True),
+        dict(indices=None, output_fmt='NLC', return_prefix_tokens=True),
+        dict(indices=[1], stop_early=True),
+    ],
+)
+def test_forward_intermediates_matches_timm_contract(kwargs):
+    """Same outputs as timm's VisionTransformer.forward_intermediates (independent code)."""
+    ours = VisionTransformer(num_classes=3, **TINY).eval()
+    ref = timm.models.vision_transformer.VisionTransformer(num_classes=3, **TINY).eval()
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    final, inter = ours.forward_intermediates(x, **kwargs)
+    ref_final, ref_inter = ref.forward_intermediates(x, **kwargs)
+    torch.testing.assert_close(final, ref_final, atol=1e-5, rtol=1e-5)
+    assert len(inter) == len(ref_inter)
+    for a, b in zip(inter, ref_inter):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    only = ours.forward_intermediates(x, **kwargs, intermediates_only=True)
+    assert len(only) == len(inter)
+
+
+def test_forward_intermediates_shapes_and_errors():
+    m = VisionTransformer(num_classes=3, **TINY).eval()
+    x = torch.randn(1, 3, 32, 48)
+    maps = m.forward_intermediates(x, indices=[0, -1], intermediates_only=True)
+    assert [o.shape for o in maps] == [(1, 32, 4, 6)] * 2
+    with pytest.raises(ValueError, match='output_fmt'):
+        m.forward_intermediates(x, output_fmt='NHWC')
+    with pytest.raises(ValueError, match='out of range'):
+        m.forward_intermediates(x, indices=[2])
+
+
+def test_layer_depth():
     m = VisionTransformer(num_classes=3, **TINY)
-    outs = m.forward_intermediates(torch.randn(1, 3, 32, 32), indices=[0, -1])
-    assert [o.shape for o in outs] == [(1, 17, 32)] * 2
     assert m.get_layer_depth('cls_token') == (0, 4)
     assert m.get_layer_depth('patch_embed.proj.weight') == (0, 4)
     assert m.get_layer_depth('blocks.1.mlp.fc1.weight') == (2, 4)

@@ -274,3 +274,146 @@ def test_ddp_two_processes_gloo_cpu(toy):
         s1['params']['algorithm.student.2.running_mean'],
     )  # ranks saw other data
     assert (wd / 'iter_2.pth').is_file() and (wd / 'student.pth').is_file()
+
+
+@pytest.mark.parametrize(
+    ('option', 'hint'),
+    [
+        ('resum=True', "did you mean 'resume'"),
+        ('load_form=x.pth', "did you mean 'load_from'"),
+        ('auto_scale_lr.enabel=True', "did you mean 'auto_scale_lr.enable'"),
+        ('env_cfg.cudnn_benchmrk=True', "did you mean 'env_cfg.cudnn_benchmark'"),
+        (
+            'default_hooks.checkpoint.intervall=1',
+            "did you mean 'default_hooks.checkpoint.interval'",
+        ),
+        ('train_cfg.max_iter=3', "did you mean 'train_cfg.max_iters'"),
+        ('custom_hooks.7.out=a', 'not an index'),
+    ],
+)
+def test_unknown_cfg_option_refused_with_closest_name(toy, monkeypatch, option, hint):
+    tmp_path, cfg, _ = toy
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    tool = _load_tool()
+    with pytest.raises(ValueError, match=hint):
+        tool.build_config(tool.parse_args([str(cfg), '--cfg-options', option]))
+
+
+def test_valid_absent_and_explicit_new_cfg_options(toy, monkeypatch):
+    tmp_path, cfg, _ = toy
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    tool = _load_tool()
+    c = tool.build_config(
+        tool.parse_args(
+            [
+                str(cfg),
+                '--cfg-options',
+                'resume_hparams=config',  # runner setting absent from the config
+                'default_hooks.checkpoint.max_keep_ckpts=2',  # CheckpointHook argument
+                'env_cfg.cudnn_benchmark=True',  # known env_cfg field
+                'train_dataloader.pin_memory=True',  # DataLoader argument
+                '+model.algorithm.extra=1',  # explicit new key
+            ]
+        )
+    )
+    assert c.resume_hparams == 'config' and c.default_hooks.checkpoint.max_keep_ckpts == 2
+    assert c.env_cfg.cudnn_benchmark is True and c.train_dataloader.pin_memory is True
+    assert c.model.algorithm.extra == 1
+
+
+def test_runner_refuses_zero_length_and_bad_hook_args(toy, monkeypatch):
+    tmp_path, cfg, _ = toy
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    tool = _load_tool()
+    from g2sd.engine.runner import G2SDRunner
+
+    for opt in ('train_cfg.max_iters=0', 'train_cfg.max_iters=-2'):
+        c = tool.build_config(tool.parse_args([str(cfg), '--cfg-options', opt]))
+        c.work_dir = str(tmp_path / 'wd')
+        with pytest.raises(ValueError, match='train_cfg.max_iters must be a positive integer'):
+            G2SDRunner.from_cfg(c)
+    # a typo'd CheckpointHook argument written in the config itself: refused at build time
+    c = tool.build_config(tool.parse_args([str(cfg)]))
+    c.work_dir = str(tmp_path / 'wd2')
+    c.default_hooks.checkpoint['intervall'] = 1
+    with pytest.raises(ValueError, match=r"CheckpointHook has no argument 'intervall'.*'interval'"):
+        G2SDRunner.from_cfg(c)
+    c.default_hooks.checkpoint.pop('intervall')
+    c.resume_hparams = 'cfg'
+    with pytest.raises(ValueError, match="resume_hparams must be one of .* got 'cfg'"):
+        G2SDRunner.from_cfg(c)
+
+
+GENERIC_METRIC = '''
+from mmengine.evaluator import BaseMetric
+from g2sd.registry import METRICS
+
+
+@METRICS.register_module(name='CountSamplesTestTool')
+class CountSamples(BaseMetric):
+    """A non-classification metric: how many predictions reached it."""
+
+    def process(self, data_batch, data_samples):
+        self.results.append(len(data_samples))
+
+    def compute_metrics(self, results):
+        return dict(count=sum(results), batches=len(results))
+'''
+
+GENERIC_TEST_CONFIG = """
+default_scope = 'g2sd'
+custom_imports = dict(imports=['g2sd.engine', 'g2sd.cls', 'toy_generic_metric'])
+model = dict(
+    type='g2sd.ViTClassifier',
+    backbone=dict(type='g2sd.DistilledVisionTransformer', img_size=16, patch_size=8,
+                  embed_dim=16, depth=1, num_heads=2, num_classes=3),
+    data_preprocessor=dict(type='g2sd.ClsDataPreprocessor', num_classes=3),
+)
+test_dataloader = dict(
+    batch_size=4, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(type='g2sd.ImageFolder', root='{root}',
+                 pipeline=[dict(type='Resize', size=16), dict(type='ToTensor')]))
+test_evaluator = dict(type='CountSamplesTestTool')
+test_cfg = dict(type='TestLoop')
+"""
+
+
+def test_test_tool_generic_evaluator_path(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / 'val'
+    for c in ('a', 'b', 'c'):
+        (root / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new('RGB', (20, 20), color=(40 * i, 80, 120)).save(root / c / f'{i}.png')
+    (tmp_path / 'toy_generic_metric.py').write_text(GENERIC_METRIC)
+    cfg = tmp_path / 'generic.py'
+    cfg.write_text(GENERIC_TEST_CONFIG.format(root=root))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(tmp_path))
+    env.pop('LOCAL_RANK', None)
+    from g2sd.cls import ViTClassifier
+    from g2sd.cls.vit import DistilledVisionTransformer
+
+    clf = ViTClassifier(
+        backbone=DistilledVisionTransformer(
+            img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=3
+        )
+    )
+    ckpt = tmp_path / 'model.pth'
+    torch.save({'state_dict': clf.state_dict()}, ckpt)
+    test_tool = REPO / 'tools' / 'test.py'
+    out = tmp_path / 'res.json'
+    cmd = [sys.executable, str(test_tool), str(cfg), str(ckpt), '--work-dir', str(tmp_path / 'wd')]
+    proc = _run([*cmd, '--out', str(out)], cwd=tmp_path, env=env)
+    import json
+
+    assert json.loads(out.read_text()) == {'test': {'count': 6, 'batches': 2}}
+    assert 'test: count=6  batches=2' in proc.stdout
+    bad = subprocess.run(
+        [*cmd, '--imagenet-a', str(root)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and 'for classification configs' in bad.stderr

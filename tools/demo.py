@@ -60,11 +60,9 @@ def train(config: str, work_dir: Path, options: list[str]) -> float:
 
 
 def schedule_options(epochs: int, samples: int, batch: int) -> list[str]:
-    """cfg-options for a run of ``epochs`` on ``samples`` images (cosine after 1 warm-up)."""
+    """cfg-options for a run of ``epochs`` on ``samples`` images (the schedule follows)."""
     return [
         f'train_cfg.max_epochs={epochs}',
-        f'param_scheduler.1.T_max={max(epochs - 1, 1)}',
-        f'param_scheduler.1.end={epochs}',
         f'train_dataloader.dataset.num_samples={samples}',
         f'train_dataloader.batch_size={batch}',
         'default_hooks.checkpoint.interval=1000',
@@ -191,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         'MAE student': ('configs/pretrain/mae_vit-student_fmnist.py', []),
         'G2SD student': (
             'configs/pretrain/g2sd-gd_vit-student_fmnist.py',
-            [f'model.algorithm.teacher_checkpoint={teacher_ckpt}'],
+            [f'model.teacher_checkpoint={teacher_ckpt}'],
         ),
     }
     opts = schedule_options(args.epochs, args.train_samples, args.batch_size)

@@ -92,8 +92,6 @@ def schedule(epochs: int, samples: int, batch: int, test_samples: int) -> list[s
     return [
         f'train_cfg.max_epochs={epochs}',
         f'train_cfg.val_interval={epochs}',
-        f'param_scheduler.1.T_max={max(epochs - 1, 1)}',
-        f'param_scheduler.1.end={max(epochs, 2)}',
         f'train_dataloader.dataset.num_samples={samples}',
         f'train_dataloader.batch_size={batch}',
         f'val_dataloader.dataset.num_samples={test_samples}',
@@ -162,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = schedule(args.epochs, args.train_samples, args.batch_size, args.test_samples)
     for name, config, init in ROWS:
         wd = cls_dir / name.lower().replace(' + ', '_').replace(' ', '_').replace('/', '')
-        extra = [f'model.teacher_ckpt={teacher_ckpt}'] if '-sd_' in config else []
+        extra = [f'model.teacher_checkpoint={teacher_ckpt}'] if '-sd_' in config else []
         key = 'model.student.pretrained' if '-sd_' in config else 'model.pretrained'
         times[name] = train(config, wd, opts + extra + [f'{key}={students[init]}'])
         ckpt = wd / f'epoch_{args.epochs}.pth'

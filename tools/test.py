@@ -1,10 +1,12 @@
-"""Test a classification checkpoint: top-1 / top-5 on ImageNet val and the robustness sets.
+"""Test a checkpoint of any g2sd task; classification also on the ImageNet robustness sets.
 
 G2SD (Huang et al., "Generic-to-Specific Distillation of Masked Autoencoders", CVPR 2023,
 arXiv 2302.14771) reports ImageNet-1k top-1 and a robustness table on ImageNet-V2,
 ImageNet-A, ImageNet-R and ImageNet-Sketch. This tool has mmdet's ``tools/test.py`` surface
 (``config checkpoint --work-dir --out --cfg-options --launcher``) plus one option per
-robustness folder. A distillation config (``type='g2sd.DistillModel'``) is tested with its
+robustness folder. Detection / segmentation configs are evaluated through the same runner
+with the config's own ``test_evaluator`` (mmdet / mmseg metrics); the robustness folders
+are for classification only. A distillation config (``type='g2sd.DistillModel'``) is tested with its
 student alone (no teacher is built or loaded).
 
 The checkpoint is loaded strictly (every model key filled, no stray key): our mmengine
@@ -35,7 +37,10 @@ import os.path as osp
 import sys
 from typing import Any
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
+
+from g2sd.engine.cli import add_common_args, apply_common_args
+from g2sd.engine.cli import parse_args as _parse
 
 # torch / mmengine.runner / g2sd are imported in main() so that --help stays fast.
 
@@ -45,38 +50,27 @@ ROBUSTNESS_SETS = ('imagenet-v2', 'imagenet-a', 'imagenet-r', 'imagenet-sketch')
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments (mmdet's names and meanings plus the robustness folders)."""
     parser = argparse.ArgumentParser(
-        description="Test a g2sd classification checkpoint (top-1 / top-5) on the config's "
-        'test set and on ImageNet robustness folders.'
+        description="Test a g2sd checkpoint on the config's test set with the config's "
+        'test_evaluator (classification top-1 / top-5, mmdet / mmseg metrics for det / seg '
+        'configs); classification also on ImageNet robustness folders.'
     )
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--work-dir', help='the dir to save logs')
     parser.add_argument('--out', help='write the metrics of every set to this JSON file')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override config settings, key=value (e.g. test_dataloader.batch_size=64)',
-    )
-    parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher'
-    )
+    add_common_args(parser)
     for name in ROBUSTNESS_SETS:
         parser.add_argument(
             f'--{name}',
             metavar='DIR',
-            help=f'{name} class folders (evaluated on the matching ImageNet-1k classes)',
+            help=f'{name} class folders (classification only; evaluated on the matching '
+            'ImageNet-1k classes)',
         )
     parser.add_argument(
         '--skip-test-set',
         action='store_true',
         help="evaluate only the robustness folders, not the config's test_dataloader",
     )
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    return _parse(parser, argv)
 
 
 def student_config(cfg: Config) -> bool:
@@ -99,22 +93,14 @@ def load_strict(model: Any, checkpoint: str) -> int:
     """
     from mmengine.model import is_model_wrapper
 
-    from g2sd.checkpoint import CheckpointError, load_file
-    from g2sd.distill.kd import plain_student_state_dict
+    from g2sd.checkpoint import load_file, load_pretrained
+    from g2sd.distill import plain_student_state_dict
 
     base = model.module if is_model_wrapper(model) else model
-    sd = plain_student_state_dict(load_file(checkpoint, trusted=True))
-    try:
-        result = base.load_state_dict(sd, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise CheckpointError(f'{checkpoint} does not fit {type(base).__name__}: {err}') from err
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f'{checkpoint} does not fit {type(base).__name__}: missing keys '
-            f'{result.missing_keys[:10]} ({len(result.missing_keys)}), unexpected keys '
-            f'{result.unexpected_keys[:10]} ({len(result.unexpected_keys)})'
-        )
-    return len(sd)
+    sd = load_file(checkpoint, trusted=True)
+    if not any(k.startswith('student.') for k in base.state_dict()):
+        sd = plain_student_state_dict(sd)  # a distillation run's checkpoint, evaluated plainly
+    return len(load_pretrained(base, sd, use='whole', source=checkpoint).loaded)
 
 
 def robustness_loop_cfg(cfg: Config, root: str, name: str) -> tuple[dict, dict]:
@@ -129,7 +115,14 @@ def robustness_loop_cfg(cfg: Config, root: str, name: str) -> tuple[dict, dict]:
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
-    """One row per evaluated set: top-1 and top-5 (in %)."""
+    """One row per evaluated set: top-1 / top-5 (in %) for classification, else every metric."""
+    topk = all(any(k.endswith('top1') for k in m) for m in results.values())
+    if not topk:
+        return '\n'.join(
+            f'{name}: ' + '  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                                    for k, v in metrics.items())
+            for name, metrics in results.items()
+        )  # fmt: skip
     lines = [f'{"set":<20}{"top-1":>8}{"top-5":>8}']
     for name, metrics in results.items():
         top1 = next((v for k, v in metrics.items() if k.endswith('top1')), float('nan'))
@@ -145,14 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
     from g2sd.engine.runner import G2SDRunner, setup_cpu_distributed
 
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = apply_common_args(Config.fromfile(args.config), args)
     wrapped = student_config(cfg)
     cfg.load_from = None
     cfg.resume = False
@@ -161,6 +147,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     cfg.custom_hooks = []  # training hooks (teacher checks, exports) do not apply
     sets = {n: getattr(args, n.replace('-', '_')) for n in ROBUSTNESS_SETS}
     sets = {n: d for n, d in sets.items() if d}
+    if sets and 'TopKAccuracy' not in str(cfg.get('test_evaluator')):
+        raise SystemExit(
+            f'--{next(iter(sets))} is for classification configs (test_evaluator TopKAccuracy); '
+            f'{args.config} evaluates with {cfg.get("test_evaluator")!r}'
+        )
     if args.skip_test_set and not sets:
         raise SystemExit('--skip-test-set needs at least one robustness folder')
     setup_cpu_distributed(cfg)

@@ -23,8 +23,8 @@ model = dict(
         pretrained={{_base_.gd_s_checkpoint}},
     ),
     teacher={{_base_.teacher_b}},
-    teacher_ckpt={{_base_.teacher_checkpoint}},
-    teacher_ckpt_use='encoder_teacher',
+    teacher_checkpoint={{_base_.teacher_checkpoint}},
+    teacher_use='encoder_teacher',
     student_loss_weight=0.5,
     distill=[
         dict(

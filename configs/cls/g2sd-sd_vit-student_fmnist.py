@@ -21,8 +21,8 @@ model = dict(
         pretrained={{_base_.fmnist_gd_student_checkpoint}},
     ),
     teacher={{_base_.fmnist_cls_teacher}},
-    teacher_ckpt={{_base_.fmnist_cls_teacher_checkpoint}},
-    teacher_ckpt_use='encoder_teacher',
+    teacher_checkpoint={{_base_.fmnist_cls_teacher_checkpoint}},
+    teacher_use='encoder_teacher',
     student_loss_weight=0.5,
     distill=[
         dict(

@@ -3,7 +3,7 @@
 # wd 0.05, mixup 0.8 / cutmix 1.0 / smoothing 0.1, RandAugment rand-m9-mstd0.5-inc1, erasing
 # 0.25, 5 warm-up epochs, global average pooling + fc_norm; MAE reports 83.6%). Starts from
 # MAE's pre-trained encoder (mae_pretrain_vit_base.pth or our configs/pretrain MAE export).
-# Writes work_dir/teacher.pth: the teacher_ckpt of the configs/cls/g2sd-sd_* runs.
+# Writes work_dir/teacher.pth: the teacher_checkpoint of the configs/cls/g2sd-sd_* runs.
 _base_ = [
     '../_base_/cls_runtime.py',
     '../_base_/datasets/imagenet_cls.py',
@@ -21,24 +21,6 @@ optim_wrapper = dict(
     optimizer=dict(lr=5e-4 * 1024 / 256),
     paramwise_cfg=dict(layer_decay_rate=0.65),
 )
-param_scheduler = [
-    dict(
-        type='LinearLR',
-        start_factor=1e-3,
-        by_epoch=True,
-        begin=0,
-        end=5,
-        convert_to_iter_based=True,
-    ),
-    dict(
-        type='CosineAnnealingLR',
-        T_max=max_epochs - 5,
-        eta_min_ratio=1e-6 / 2e-3,
-        by_epoch=True,
-        begin=5,
-        end=max_epochs,
-        convert_to_iter_based=True,
-    ),
-]
+param_scheduler = dict(eta_min_ratio=1e-6 / 2e-3)
 train_cfg = dict(max_epochs=max_epochs)
 custom_hooks = [dict(type='g2sd.SaveStudentHook', out='teacher.pth')]

@@ -1,7 +1,7 @@
 # Fine-tune the Fashion-MNIST MAE teacher (96-d, 6 blocks) into the classification teacher of
 # the SD runs: MAE fine-tuning (global average pooling + fc_norm, drop path 0.1, layer decay
 # 0.65) from the MAE pre-trained checkpoint. Writes work_dir/teacher.pth (plain ViT with
-# fc_norm + head), the teacher_ckpt of configs/cls/*-sd*_fmnist.py.
+# fc_norm + head), the teacher_checkpoint of configs/cls/*-sd*_fmnist.py.
 _base_ = [
     '../_base_/fmnist_runtime.py',
     '../_base_/datasets/fmnist_cls.py',

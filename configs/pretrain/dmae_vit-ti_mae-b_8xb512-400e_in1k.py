@@ -12,38 +12,35 @@ max_epochs = 400
 warmup_epochs = 40
 teacher_checkpoint = 'checkpoints/mae_pretrain_vit_base.pth'  # encoder-only file suffices
 model = dict(
-    type='g2sd.PretrainModel',
-    algorithm=dict(
-        type='g2sd.DMAEDistiller',
-        student=dict(
-            type='g2sd.MaskedAutoencoderViT',
-            img_size=224,
-            patch_size=16,
-            embed_dim=192,
-            depth=12,
-            num_heads=12,
-            decoder_embed_dim=96,
-            decoder_depth=1,
-            decoder_num_heads=3,
-            norm_pix_loss=True,
-        ),
-        teacher=dict(
-            type='g2sd.VisionTransformer',
-            img_size=224,
-            patch_size=16,
-            embed_dim=768,
-            depth=12,
-            num_heads=12,
-            num_classes=0,
-        ),
-        teacher_checkpoint=teacher_checkpoint,
-        mask_ratio=0.75,
-        attn_weight=1.0,
-        student_block=-1,
-        teacher_block=-1,
-        head_adapter=True,
-        d2=False,
+    type='g2sd.DMAEDistiller',
+    student=dict(
+        type='g2sd.MaskedAutoencoderViT',
+        img_size=224,
+        patch_size=16,
+        embed_dim=192,
+        depth=12,
+        num_heads=12,
+        decoder_embed_dim=96,
+        decoder_depth=1,
+        decoder_num_heads=3,
+        norm_pix_loss=True,
     ),
+    teacher=dict(
+        type='g2sd.VisionTransformer',
+        img_size=224,
+        patch_size=16,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        num_classes=0,
+    ),
+    teacher_checkpoint=teacher_checkpoint,
+    mask_ratio=0.75,
+    attn_weight=1.0,
+    student_block=-1,
+    teacher_block=-1,
+    head_adapter=True,
+    d2=False,
 )
 train_dataloader = dict(
     batch_size=512,
@@ -57,25 +54,7 @@ train_dataloader = dict(
     ),
 )
 optim_wrapper = dict(accumulative_counts=1)
-param_scheduler = [
-    dict(
-        type='LinearLR',
-        start_factor=1e-4,
-        by_epoch=True,
-        begin=0,
-        end=warmup_epochs,
-        convert_to_iter_based=True,
-    ),
-    dict(
-        type='CosineAnnealingLR',
-        T_max=max_epochs - warmup_epochs,
-        eta_min=0.0,
-        by_epoch=True,
-        begin=warmup_epochs,
-        end=max_epochs,
-        convert_to_iter_based=True,
-    ),
-]
+param_scheduler = dict(warmup=warmup_epochs, eta_min=0.0)
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
 custom_hooks = [
     dict(type='g2sd.TeacherCheckHook'),

@@ -7,18 +7,15 @@ _base_ = [
     '../_base_/models/fmnist_vits.py',
 ]
 model = dict(
-    type='g2sd.PretrainModel',
-    algorithm=dict(
-        type='g2sd.G2SDDistiller',
-        student={{_base_.fmnist_student_gd}},
-        teacher={{_base_.fmnist_teacher}},
-        teacher_checkpoint={{_base_.fmnist_teacher_checkpoint}},
-        mask_ratio=0.75,
-        target_block=2,
-        loss_type='smooth_l1',
-        beta=2.0,
-        token_set='all',
-    ),
+    type='g2sd.G2SDDistiller',
+    student={{_base_.fmnist_student_gd}},
+    teacher={{_base_.fmnist_teacher}},
+    teacher_checkpoint={{_base_.fmnist_teacher_checkpoint}},
+    mask_ratio=0.75,
+    target_block=2,
+    loss_type='smooth_l1',
+    beta=2.0,
+    token_set='all',
 )
 custom_hooks = [
     dict(type='g2sd.TeacherCheckHook'),

@@ -9,42 +9,21 @@ _base_ = [
 max_epochs = 1600
 warmup_epochs = 40
 model = dict(
-    type='g2sd.PretrainModel',
-    algorithm=dict(
-        type='g2sd.MAEPretrainer',
-        student=dict(
-            type='g2sd.MaskedAutoencoderViT',
-            img_size=224,
-            patch_size=16,
-            embed_dim=768,
-            depth=12,
-            num_heads=12,
-            decoder_embed_dim=512,
-            decoder_depth=8,
-            decoder_num_heads=16,
-            norm_pix_loss=True,
-        ),
-        mask_ratio=0.75,
+    type='g2sd.MAEPretrainer',
+    student=dict(
+        type='g2sd.MaskedAutoencoderViT',
+        img_size=224,
+        patch_size=16,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        decoder_embed_dim=512,
+        decoder_depth=8,
+        decoder_num_heads=16,
+        norm_pix_loss=True,
     ),
+    mask_ratio=0.75,
 )
-param_scheduler = [
-    dict(
-        type='LinearLR',
-        start_factor=1e-4,
-        by_epoch=True,
-        begin=0,
-        end=warmup_epochs,
-        convert_to_iter_based=True,
-    ),
-    dict(
-        type='CosineAnnealingLR',
-        T_max=max_epochs - warmup_epochs,
-        eta_min=0.0,
-        by_epoch=True,
-        begin=warmup_epochs,
-        end=max_epochs,
-        convert_to_iter_based=True,
-    ),
-]
+param_scheduler = dict(warmup=warmup_epochs, eta_min=0.0)
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
 custom_hooks = [dict(type='g2sd.SaveStudentHook', out='mae_vit-b_full.pth')]

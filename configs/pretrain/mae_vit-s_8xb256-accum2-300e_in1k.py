@@ -6,22 +6,19 @@ _base_ = [
     '../_base_/schedules/pretrain_adamw_cosine.py',
 ]
 model = dict(
-    type='g2sd.PretrainModel',
-    algorithm=dict(
-        type='g2sd.MAEPretrainer',
-        student=dict(
-            type='g2sd.MaskedAutoencoderViT',
-            img_size=224,
-            patch_size=16,
-            embed_dim=384,
-            depth=12,
-            num_heads=6,
-            decoder_embed_dim=256,
-            decoder_depth=4,
-            decoder_num_heads=8,
-            norm_pix_loss=True,
-        ),
-        mask_ratio=0.75,
+    type='g2sd.MAEPretrainer',
+    student=dict(
+        type='g2sd.MaskedAutoencoderViT',
+        img_size=224,
+        patch_size=16,
+        embed_dim=384,
+        depth=12,
+        num_heads=6,
+        decoder_embed_dim=256,
+        decoder_depth=4,
+        decoder_num_heads=8,
+        norm_pix_loss=True,
     ),
+    mask_ratio=0.75,
 )
 custom_hooks = [dict(type='g2sd.SaveStudentHook', out='mae_vit-s.pth')]

@@ -5,8 +5,5 @@ _base_ = [
     '../_base_/schedules/fmnist_pretrain.py',
     '../_base_/models/fmnist_vits.py',
 ]
-model = dict(
-    type='g2sd.PretrainModel',
-    algorithm=dict(type='g2sd.MAEPretrainer', student={{_base_.fmnist_student}}, mask_ratio=0.75),
-)
+model = dict(type='g2sd.MAEPretrainer', student={{_base_.fmnist_student}}, mask_ratio=0.75)
 custom_hooks = [dict(type='g2sd.SaveStudentHook', out='student.pth')]

@@ -12,34 +12,31 @@ max_epochs = 300
 img_norm = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
 teacher_checkpoint = 'checkpoints/mae_pretrain_vit_base.pth'
 model = dict(
-    type='g2sd.PretrainModel',
-    algorithm=dict(
-        type='g2sd.TinyMIMDistiller',
-        student=dict(
-            type='g2sd.VisionTransformer',
-            img_size=224,
-            patch_size=16,
-            embed_dim=384,
-            depth=12,
-            num_heads=6,
-            last_block_heads=12,
-            num_classes=0,
-            drop_path_rate=0.1,
-            drop_path_mode='constant',
-        ),
-        teacher=dict(
-            type='g2sd.VisionTransformer',
-            img_size=224,
-            patch_size=16,
-            embed_dim=768,
-            depth=12,
-            num_heads=12,
-            num_classes=0,
-        ),
-        teacher_checkpoint=teacher_checkpoint,
-        teacher_block=12,
-        relations=('qk', 'vv'),
+    type='g2sd.TinyMIMDistiller',
+    student=dict(
+        type='g2sd.VisionTransformer',
+        img_size=224,
+        patch_size=16,
+        embed_dim=384,
+        depth=12,
+        num_heads=6,
+        last_block_heads=12,
+        num_classes=0,
+        drop_path_rate=0.1,
+        drop_path_mode='constant',
     ),
+    teacher=dict(
+        type='g2sd.VisionTransformer',
+        img_size=224,
+        patch_size=16,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        num_classes=0,
+    ),
+    teacher_checkpoint=teacher_checkpoint,
+    teacher_block=12,
+    relations=('qk', 'vv'),
 )
 train_dataloader = dict(
     batch_size=128,
@@ -67,25 +64,7 @@ train_dataloader = dict(
     ),
 )
 optim_wrapper = dict(accumulative_counts=1)
-param_scheduler = [
-    dict(
-        type='LinearLR',
-        start_factor=1e-4,
-        by_epoch=True,
-        begin=0,
-        end=warmup_epochs,
-        convert_to_iter_based=True,
-    ),
-    dict(
-        type='CosineAnnealingLR',
-        T_max=max_epochs - warmup_epochs,
-        eta_min=0.0,
-        by_epoch=True,
-        begin=warmup_epochs,
-        end=max_epochs,
-        convert_to_iter_based=True,
-    ),
-]
+param_scheduler = dict(warmup=warmup_epochs, eta_min=0.0)
 custom_hooks = [
     dict(type='g2sd.TeacherCheckHook'),
     dict(type='g2sd.SaveStudentHook', out='student_vit-s_tinymim.pth'),

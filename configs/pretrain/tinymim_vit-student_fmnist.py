@@ -9,22 +9,19 @@ _base_ = [
 img_norm = dict(mean=[0.2860], std=[0.3530])
 _vit = dict(type='g2sd.VisionTransformer', img_size=28, patch_size=4, in_chans=1, num_classes=0)
 model = dict(
-    type='g2sd.PretrainModel',
-    algorithm=dict(
-        type='g2sd.TinyMIMDistiller',
-        student=dict(
-            _vit,
-            embed_dim=48,
-            depth=4,
-            num_heads=3,
-            last_block_heads=3,
-            drop_path_rate=0.1,
-            drop_path_mode='constant',
-        ),
-        teacher=dict(_vit, embed_dim=96, depth=6, num_heads=3),
-        teacher_checkpoint={{_base_.fmnist_teacher_checkpoint}},
-        teacher_block=6,
+    type='g2sd.TinyMIMDistiller',
+    student=dict(
+        _vit,
+        embed_dim=48,
+        depth=4,
+        num_heads=3,
+        last_block_heads=3,
+        drop_path_rate=0.1,
+        drop_path_mode='constant',
     ),
+    teacher=dict(_vit, embed_dim=96, depth=6, num_heads=3),
+    teacher_checkpoint={{_base_.fmnist_teacher_checkpoint}},
+    teacher_block=6,
 )
 train_dataloader = dict(
     dataset=dict(

@@ -18,31 +18,64 @@ Reading (:func:`load_file`)
     refused, naming the globals. ``.safetensors`` files are read with safetensors.
 
 Formats (:func:`detect_format`), decided from key patterns after unwrapping
-(``state_dict`` / ``model`` / ``module`` nesting, ``module.`` / ``_orig_mod.`` /
-``algorithm.`` prefixes shared by every key):
+(``state_dict`` / ``model`` / ``module`` nesting; ``module.`` / ``_orig_mod.`` /
+``algorithm.`` prefixes shared by every key are removed with :func:`strip_prefixes`):
 
 ================== ===========================================================================
 format             key pattern
 ================== ===========================================================================
-g2sd_distiller     any ``student.*`` key (our distillers: ``student.*`` plus ``projector.*`` etc.)
+g2sd_distiller     any ``student.*`` key (our distillers: ``student.*`` plus ``projector.*`` etc.;
+                   the SD wrapper: ``student.backbone.*`` plus adapters)
+mm_backbone        ``backbone.patch_embed.proj.weight`` (mmdet / mmseg models and our
+                   ``g2sd.ViTClassifier``: ``backbone.*`` plus ``neck.*``, ``decode_head.*``,
+                   ``rpn_head.*``, ``head.*`` ...)
+mae_lite           ``model.patch_embed.proj.weight`` (MAE-Lite / D-MAE runs, wangsr126/MAE-Lite:
+                   ``model.*`` = the student (MAE with decoder, or a fine-tuned ViT), plus
+                   ``tch_model.*`` / ``attn_adapter.*`` / ``hidden_adapter.*`` / ``ema_model.*``
+                   in distillation runs)
 g2sd_official_gd   ``decoderfeature_pred.*`` or ``encoderfeature_pred.*`` (official GD student:
                    MAE keys + the two projection MLPs)
 mae_full           ``mask_token`` or any ``decoder_*`` key (MAE encoder + decoder,
                    e.g. ``mae_pretrain_vit_base_full.pth``, ``mae_visualize_vit_base.pth``)
+deit_distilled     ``dist_token`` with its position inside ``pos_embed`` (1, 2 + N, C): timm
+                   ``deit_*_distilled``, TinyMIM*-T (``TinyMIM-FT-Tstar.pth``)
 timm               ``head.weight`` and no ``fc_norm.*`` (ViT with ``norm`` and a token head)
 mae_encoder        any other ViT (``patch_embed.proj.weight``): the encoder-only MAE release
-                   ``mae_pretrain_vit_*.pth``, MAE fine-tuned (``fc_norm`` + ``head``), our
-                   extracted backbones, headless timm ViTs
+                   ``mae_pretrain_vit_*.pth``, MAE fine-tuned (``fc_norm`` + ``head``), TinyMIM
+                   students (``TinyMIM-PT-*.pth``: MAE encoder keys; the last block's head count
+                   is not in the keys), our extracted backbones, headless timm ViTs
 ================== ===========================================================================
 
 All formats share the timm / MAE encoder layout (``cls_token``, ``pos_embed``,
 ``patch_embed.proj.*``, ``blocks.{i}.*``, ``norm.*`` / ``fc_norm.*``, ``head.*``), so the
-conversions below only select and rename prefixes.
+conversions only select prefixes (:func:`select_encoder`: the ``student.`` / ``backbone.`` /
+``model.`` part, the other parts reported as dropped) and rename keys.
 
-Loading (:func:`load_state_dict_strict`, :func:`load_pretrained`) verifies missing,
-unexpected and shape-mismatched keys against fnmatch allow-lists, resamples ``pos_embed`` /
-``decoder_pos_embed`` to the model's grid, raises :class:`CheckpointError` for anything not
-allowed, and logs a one-screen summary.
+Loading (:func:`load_pretrained`) is driven by registered *uses* (:func:`register_use`;
+:data:`USES` lists them): a use turns the checkpoint into the model's keys plus allow-lists.
+
+=============== ==========================================================================
+use             loads
+=============== ==========================================================================
+mae_teacher     whole MAE teacher (encoder + decoder, required) for G2SD
+encoder_teacher plain ViT encoder teacher (D-MAE / TinyMIM / classifier teacher)
+backbone        student encoder for fine-tuning / det / seg (new head, fc_norm, rel-pos may
+                be missing)
+mae             whole MaskedAutoencoderViT, exact
+distiller       our distiller (``student.*`` + ``projector.*``) or an official GD file
+whole           the model's own state dict, exact (after ``student.`` / ``backbone.`` /
+                ``module.`` that no model key has)
+=============== ==========================================================================
+
+:func:`load_state_dict_strict` verifies missing, unexpected, shape-mismatched and
+wrong-dtype-kind keys (integer / bool tensors for floating parameters) against fnmatch
+allow-lists, resamples ``pos_embed`` / ``decoder_pos_embed`` to the model's grid and
+``rel_pos_h`` / ``rel_pos_w`` to the model's length, raises :class:`CheckpointError` for
+anything not allowed, and logs a one-screen summary (also to the current mmengine logger,
+so it reaches the train log).
+
+Saving: :func:`atomic_save` is the one atomic write; :func:`save_state_dict` exports plain
+state dicts (torch or safetensors).
 """
 
 from g2sd.checkpoint._common import CheckpointError
@@ -51,14 +84,19 @@ from g2sd.checkpoint.formats import (
     detect_format,
     extract_state_dict,
     official_gd_to_distiller,
+    select_encoder,
+    select_part,
+    strip_prefixes,
     to_encoder_state_dict,
 )
 from g2sd.checkpoint.loading import (
     USES,
     LoadReport,
+    UsePlan,
     load_pretrained,
     load_state_dict_strict,
     prepare_backbone_state_dict,
+    register_use,
 )
 from g2sd.checkpoint.reading import MMEngineStateStub, load_file
 from g2sd.checkpoint.saving import atomic_save, save_state_dict
@@ -69,6 +107,7 @@ __all__ = [
     'USES',
     'CheckpointError',
     'LoadReport',
+    'UsePlan',
     'atomic_save',
     'detect_format',
     'extract_state_dict',
@@ -77,6 +116,10 @@ __all__ = [
     'load_state_dict_strict',
     'official_gd_to_distiller',
     'prepare_backbone_state_dict',
+    'register_use',
     'save_state_dict',
+    'select_encoder',
+    'select_part',
+    'strip_prefixes',
     'to_encoder_state_dict',
 ]

@@ -6,11 +6,15 @@ arbitrary objects.
 
 from __future__ import annotations
 
+import _compat_pickle
 import argparse
+import io
 import os
+import pickletools
 import re
+import zipfile
 from collections.abc import Iterable
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -71,20 +75,107 @@ def _mmengine_safe_globals() -> list[Any]:
     return out
 
 
+# Globals that weights_only admits by itself besides torch.* (see torch/_weights_only_unpickler).
+_WEIGHTS_ONLY_BUILTINS = frozenset(
+    {'builtins.set', 'builtins.frozenset', 'builtins.bytearray', 'builtins.complex'}
+)
+
+
 def _global_name(obj: Any) -> str:
     if isinstance(obj, tuple):
         return obj[1]
     return f'{obj.__module__}.{obj.__qualname__}'
 
 
-def _unsafe_globals(path: str, error: BaseException, allowed: Iterable[Any]) -> list[str]:
-    """Globals of a pickle that are outside ``allowed`` (empty if it cannot tell)."""
+def _pickle_globals(stream: IO[bytes], limit: int) -> list[str]:
+    """``module.name`` of every GLOBAL / STACK_GLOBAL / INST in the pickles of ``stream``.
+
+    Reads opcodes with :mod:`pickletools` and never executes anything. A legacy (non-zip)
+    torch file is several pickles in a row (magic number, protocol, sys info, the object,
+    the storage keys) followed by raw storage bytes: ``limit`` pickles are scanned, and
+    scanning stops early at one that does not parse.
+    """
+    names: list[str] = []
+    for _ in range(limit):
+        strings: list[str] = []
+        memo: dict[int, Any] = {}
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                if op.name in ('GLOBAL', 'INST'):
+                    module, _, attr = str(arg).partition(' ')
+                    module = _compat_pickle.IMPORT_MAPPING.get(module, module)  # __builtin__
+                    names.append(f'{module}.{attr}')
+                elif op.name == 'STACK_GLOBAL' and len(strings) >= 2:
+                    names.append(f'{strings[-2]}.{strings[-1]}')
+                elif isinstance(arg, str) and 'UNICODE' in op.name:
+                    strings.append(arg)
+                elif op.name == 'MEMOIZE' and strings:
+                    memo[len(memo)] = strings[-1]
+                elif op.name in ('BINPUT', 'LONG_BINPUT', 'PUT') and strings:
+                    memo[int(arg)] = strings[-1]
+                elif op.name in ('BINGET', 'LONG_BINGET', 'GET') and isinstance(
+                    memo.get(int(arg)), str
+                ):
+                    strings.append(memo[int(arg)])
+        except Exception:  # end of the pickles (raw storage bytes) or garbage
+            break
+    return list(dict.fromkeys(names))
+
+
+def _scan_globals(path: str) -> list[str]:
+    """Globals named in the pickles of a torch file (zip or legacy), without unpickling."""
     try:
-        names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # legacy (non-zip) file, truncated, ...
-        names = re.findall(r'GLOBAL (\S+) was not an allowed global', str(error))
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                names: list[str] = []
+                for member in zf.namelist():
+                    if member.endswith('.pkl'):
+                        with zf.open(member) as f:
+                            names += _pickle_globals(io.BytesIO(f.read()), 1)
+                return list(dict.fromkeys(names))
+        with open(path, 'rb') as f:  # magic number, protocol, sys info, object, storage keys
+            return _pickle_globals(f, 5)
+    except (OSError, zipfile.BadZipFile):
+        return []
+
+
+def _unsafe_globals(path: str, error: BaseException, allowed: Iterable[Any]) -> list[str]:
+    """Globals of a pickle that are outside ``allowed`` (empty if it cannot tell).
+
+    Zip files: torch's own scan (``get_unsafe_globals_in_checkpoint``); legacy (non-zip)
+    files: the opcodes (:func:`_scan_globals`); both complete the global torch's error names.
+    """
     ok = {_global_name(a) for a in allowed}
-    return [n for n in names if n not in ok]
+    names = re.findall(
+        r'GLOBAL (\S+) (?:was not an allowed global|whose module \S+ is blocked)', str(error)
+    )
+    try:
+        names += list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # legacy (non-zip) file, truncated, ...
+        names += [n for n in _scan_globals(path) if not _torch_allows(n)]
+    # torch names builtins without their module ('eval'): keep the qualified form only.
+    qualified = [n for n in names if '.' in n]
+    names = [n for n in names if '.' in n or not any(q.endswith('.' + n) for q in qualified)]
+    return [n for n in dict.fromkeys(names) if n not in ok]
+
+
+def _torch_allows(name: str) -> bool:
+    """Globals ``weights_only`` admits on its own (torch tensors, storages, OrderedDict...)."""
+    if name.startswith(('torch.', 'collections.OrderedDict', '_codecs.encode')):
+        return True
+    return name in _WEIGHTS_ONLY_BUILTINS
+
+
+def _torch_message(e: BaseException) -> str:
+    """torch's error without its advice to retry with ``weights_only=False``."""
+    text = str(e)
+    wo = re.search(r'WeightsUnpickler error:\s*([^\n]+)', text)
+    if wo:
+        text = wo.group(1)
+    line = _first_line(RuntimeError(text))
+    if 'weights_only' in line or 'Weights only load failed' in line:
+        line = 'refused by the weights_only unpickler'
+    return line
 
 
 def _is_mmengine_state(names: Iterable[str]) -> bool:
@@ -150,16 +241,14 @@ def load_file(path: str | os.PathLike, *, trusted: bool = False) -> Any:
                 )
             raise CheckpointError(msg) from e
         # weights_only refused an operation (not a global): name it; else the bytes are bad.
-        wo = re.search(
-            r'WeightsUnpickler error: ((?:Unsupported|Can only|Trying to)\S* .*)', str(e)
-        )
+        wo = re.search(r'WeightsUnpickler error:\s*((?:Can only|Trying to)[^\n]*)', str(e))
         if wo:
+            detail = _first_line(RuntimeError(wo.group(1)))
             raise CheckpointError(
-                f'{path!r} cannot be read with weights_only=True: {wo.group(1)[:200]}; '
-                'refused for safety'
+                f'{path!r} cannot be read safely: {detail}; refused for safety (g2sd never '
+                'unpickles arbitrary objects)'
             ) from e
         raise CheckpointError(
             f'{path!r} is not a readable PyTorch checkpoint (truncated or corrupt?): '
-            f'{type(e).__name__}: {_first_line(e)}'
+            f'{type(e).__name__}: {_torch_message(e)}'
         ) from e
-

@@ -12,20 +12,23 @@
   distillation without masking.
 * :class:`MAEPretrainer` — plain MAE pre-training (He et al., CVPR 2022), the baseline.
 
-Every distiller is an ``nn.Module`` whose ``forward(imgs)`` returns a dict of losses
-(keys ``loss_*``), whose frozen ``teacher`` lives outside the module tree, and whose
-``export_student()`` returns a plain encoder state dict (timm / MAE keys).
+Every distiller is a :class:`~g2sd.distill.base.DistillerBase` (an mmengine ``BaseModel``
+named directly by configs) whose ``loss(imgs)`` returns a dict of losses (keys ``loss_*``;
+``forward(inputs, data_samples, mode='loss')`` returns it), whose frozen ``teacher`` lives
+outside the module tree, and whose ``export_student()`` returns a plain encoder state dict
+(timm / MAE keys).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from g2sd.distill.base import DistillerBase
 from g2sd.distill.losses import (
     LOSS_TYPES,
     attention_logit_mse,
@@ -35,7 +38,6 @@ from g2sd.distill.losses import (
     relation_kl,
     relation_logits,
 )
-from g2sd.distill.teacher import TeacherHolderMixin, build_module
 from g2sd.models.mae import MaskedAutoencoderViT
 from g2sd.models.vit import QKV, Mlp, VisionTransformer
 from g2sd.registry import MODELS
@@ -59,49 +61,85 @@ def _check_mask_ratio(mask_ratio: float) -> None:
         raise ValueError(f'mask_ratio must be in (0, 1), got {mask_ratio}')
 
 
-class BaseGenericDistiller(TeacherHolderMixin):
-    """Student + optional frozen teacher, loaded strictly from its checkpoint.
+class BaseGenericDistiller(DistillerBase):
+    """A generic distiller: student + optional frozen teacher, an mmengine ``BaseModel``.
+
+    Configs name it directly (``model=dict(type='g2sd.G2SDDistiller', student=...,
+    teacher=..., teacher_checkpoint=...)``). Subclasses implement :meth:`loss`.
 
     Args:
         student: Student config (``type='g2sd.MaskedAutoencoderViT'`` or
             ``'g2sd.VisionTransformer'``) or module.
         teacher: Teacher config or module; None for teacher-free pre-training.
-        teacher_checkpoint: Teacher weights, loaded strictly with the allow-list
-            ``teacher_use`` of :func:`g2sd.checkpoint.load_pretrained`.
-        teacher_use: Loader allow-list name (``'mae_teacher'`` needs the MAE decoder,
-            ``'encoder_teacher'`` an encoder).
+        teacher_checkpoint: Teacher weights (path or in-memory state dict), loaded strictly
+            with the loader use ``teacher_use``.
+        teacher_use: Loader use (``'mae_teacher'`` needs the MAE decoder,
+            ``'encoder_teacher'`` an encoder); each distiller sets its own default.
         allow_random_teacher: Accept a teacher without checkpoint (tests and smoke runs
             only; a random teacher distils nothing).
+        **kwargs: ``teacher_allow_missing``, ``teacher_allow_unexpected``,
+            ``teacher_trusted``, ``data_preprocessor`` (default mmengine's
+            ``BaseDataPreprocessor``), ``init_cfg``: see
+            :class:`~g2sd.distill.base.DistillerBase`.
     """
 
     def __init__(
         self,
         student: dict | nn.Module,
         teacher: dict | nn.Module | None = None,
-        teacher_checkpoint: str | None = None,
+        teacher_checkpoint: str | Mapping[str, Any] | None = None,
         teacher_use: str = 'mae_teacher',
         allow_random_teacher: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.student = build_module(student, 'student')
-        if teacher is None:
-            if teacher_checkpoint is not None:
-                raise ValueError(f'teacher_checkpoint={teacher_checkpoint!r} given without teacher')
-            self.set_teacher(None)
-            return
-        t = build_module(teacher, 'teacher')
-        if teacher_checkpoint:
-            from g2sd.checkpoint import load_pretrained
-
-            load_pretrained(t, teacher_checkpoint, use=teacher_use)
-        elif allow_random_teacher:
-            logger.warning('teacher has no checkpoint: randomly initialised (tests / smoke only)')
-        else:
+        if 'teacher_forward' in kwargs:
             raise ValueError(
-                f'{type(self).__name__} needs teacher_checkpoint (a path to the teacher weights);'
-                ' set allow_random_teacher=True only for smoke tests'
+                f'{type(self).__name__} runs the teacher parts its loss needs itself; '
+                'teacher_forward is an option of g2sd.DistillModel'
             )
-        self.set_teacher(t, teacher_checkpoint)
+        super().__init__(
+            student,
+            teacher,
+            teacher_checkpoint=teacher_checkpoint,
+            teacher_use=teacher_use,
+            allow_random_teacher=allow_random_teacher,
+            **kwargs,
+        )
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        data_samples: Any = None,
+        mode: Literal['loss', 'tensor', 'predict'] = 'loss',
+    ) -> dict[str, torch.Tensor] | torch.Tensor:
+        """Dispatch on ``mode`` (mmengine contract).
+
+        Args:
+            inputs: (B, C, H, W) normalised images, or (B, 2, C, H, W) two views
+                (``[:, 0]`` teacher view, ``[:, 1]`` student view).
+            data_samples: Labels; unused.
+            mode: ``'loss'``: the dict of losses of :meth:`loss`; ``'tensor'``: student
+                features (``student.forward_features`` on the student view); ``'predict'``
+                is not defined for pre-training.
+        """
+        if mode == 'loss':
+            return self.loss(inputs)
+        if mode == 'tensor':
+            x = inputs[:, 1] if inputs.ndim == 5 else inputs
+            fwd = getattr(self.student, 'forward_features', None)
+            return fwd(x) if callable(fwd) else self.student(x)
+        if mode == 'predict':
+            raise NotImplementedError(
+                f"{type(self).__name__} has no 'predict' mode: generic distillation has no "
+                'evaluation metric. Evaluate the exported student with a cls/det/seg config '
+                'instead, and leave val_dataloader / val_cfg / val_evaluator unset for '
+                'pre-training.'
+            )
+        raise ValueError(f"mode must be 'loss', 'tensor' or 'predict', got {mode!r}")
+
+    def loss(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The distiller's losses (keys ``loss_*``) on a batch of images."""
+        raise NotImplementedError
 
     def export_student(self) -> dict[str, torch.Tensor]:
         """Plain student encoder state dict (timm / MAE encoder keys, no decoder)."""
@@ -145,6 +183,8 @@ class G2SDDistiller(BaseGenericDistiller):
         target_norm: Normalise targets with LayerNorm without affine (eps 1e-6).
         loss_weight: Multiplier of the loss.
         allow_random_teacher: See :class:`BaseGenericDistiller`.
+        **kwargs: Teacher loading options, ``data_preprocessor``, ``init_cfg``: see
+            :class:`BaseGenericDistiller`.
 
     Shapes:
         imgs (B, C, H, W) -> target / prediction (B, 1 + N, C_teacher_dec).
@@ -165,13 +205,26 @@ class G2SDDistiller(BaseGenericDistiller):
         target_norm: bool = True,
         loss_weight: float = 1.0,
         allow_random_teacher: bool = False,
+        **kwargs: Any,
     ) -> None:
         if loss_type not in LOSS_TYPES:
             raise ValueError(f'loss_type must be one of {LOSS_TYPES}, got {loss_type!r}')
         if token_set not in ('all', 'masked'):
             raise ValueError(f"token_set must be 'all' or 'masked', got {token_set!r}")
         _check_mask_ratio(mask_ratio)
-        super().__init__(student, teacher, teacher_checkpoint, 'mae_teacher', allow_random_teacher)
+        if kwargs.get('teacher_use', 'mae_teacher') != 'mae_teacher':
+            raise ValueError(
+                f"G2SD needs teacher_use='mae_teacher' (the teacher's decoder), got "
+                f'{kwargs["teacher_use"]!r}'
+            )
+        kwargs['teacher_use'] = 'mae_teacher'
+        super().__init__(
+            student,
+            teacher,
+            teacher_checkpoint,
+            **kwargs,
+            allow_random_teacher=allow_random_teacher,
+        )
         s, t = self.student, self.teacher
         if not isinstance(s, MaskedAutoencoderViT) or not isinstance(t, MaskedAutoencoderViT):
             raise TypeError('G2SD needs MaskedAutoencoderViT student and teacher')
@@ -218,7 +271,7 @@ class G2SDDistiller(BaseGenericDistiller):
         )
         return layer_norm_target(feats) if self.target_norm else feats.float()
 
-    def forward(self, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
         """imgs (B, C, H, W) -> ``{'loss_gd': scalar}``."""
         if imgs.ndim != 4:
             raise ValueError(f'G2SD expects images (B, C, H, W), got {tuple(imgs.shape)}')
@@ -282,6 +335,8 @@ class DMAEDistiller(BaseGenericDistiller):
             attention-only block on top of the last block provides the distilled logits.
         d2_latent_block: Number of blocks before the decoder input in D2 mode (8).
         allow_random_teacher: See :class:`BaseGenericDistiller`.
+        **kwargs: Teacher loading options, ``data_preprocessor``, ``init_cfg``: see
+            :class:`BaseGenericDistiller`.
     """
 
     def __init__(
@@ -298,10 +353,16 @@ class DMAEDistiller(BaseGenericDistiller):
         d2: bool = False,
         d2_latent_block: int = 8,
         allow_random_teacher: bool = False,
+        **kwargs: Any,
     ) -> None:
         _check_mask_ratio(mask_ratio)
+        kwargs.setdefault('teacher_use', 'encoder_teacher')
         super().__init__(
-            student, teacher, teacher_checkpoint, 'encoder_teacher', allow_random_teacher
+            student,
+            teacher,
+            teacher_checkpoint,
+            allow_random_teacher=allow_random_teacher,
+            **kwargs,
         )
         s, t = self.student, self.teacher
         if not isinstance(s, MaskedAutoencoderViT) or not s.pixel_head:
@@ -332,7 +393,7 @@ class DMAEDistiller(BaseGenericDistiller):
             )
         self.head_adapter = nn.Conv2d(s_heads, t_heads, 1, bias=False) if head_adapter else None
 
-    def forward(self, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
         """imgs (B, C, H, W) -> ``{'loss_mae', 'loss_attn'}``."""
         if imgs.ndim != 4:
             raise ValueError(f'D-MAE expects images (B, C, H, W), got {tuple(imgs.shape)}')
@@ -379,6 +440,8 @@ class TinyMIMDistiller(BaseGenericDistiller):
             default its last.
         relations: Relation maps to distil.
         allow_random_teacher: See :class:`BaseGenericDistiller`.
+        **kwargs: Teacher loading options, ``data_preprocessor``, ``init_cfg``: see
+            :class:`BaseGenericDistiller`.
 
     Inputs:
         imgs (B, C, H, W) seen by both, or (B, 2, C, H, W): [:, 0] the teacher view and
@@ -393,9 +456,15 @@ class TinyMIMDistiller(BaseGenericDistiller):
         teacher_block: int | None = None,
         relations: Sequence[Literal['qk', 'vv']] = ('qk', 'vv'),
         allow_random_teacher: bool = False,
+        **kwargs: Any,
     ) -> None:
+        kwargs.setdefault('teacher_use', 'encoder_teacher')
         super().__init__(
-            student, teacher, teacher_checkpoint, 'encoder_teacher', allow_random_teacher
+            student,
+            teacher,
+            teacher_checkpoint,
+            allow_random_teacher=allow_random_teacher,
+            **kwargs,
         )
         s, t = self.student, self.teacher
         if not isinstance(s, VisionTransformer) or not isinstance(t, VisionTransformer):
@@ -420,9 +489,10 @@ class TinyMIMDistiller(BaseGenericDistiller):
         self._check_same_grid(s, t)
         last = s.blocks[-1]
         for m in (last.attn.proj, last.norm2, last.mlp, s.norm, s.fc_norm, s.head):
-            m.requires_grad_(False)
+            if m is not None:
+                m.requires_grad_(False)
 
-    def forward(self, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
         """imgs (B, C, H, W) or (B, 2, C, H, W) -> ``{'loss_qk', 'loss_vv'}``."""
         if imgs.ndim == 5 and imgs.shape[1] == 2:
             t_img, s_img = imgs[:, 0], imgs[:, 1]
@@ -451,11 +521,12 @@ class MAEPretrainer(BaseGenericDistiller):
     Args:
         student: MAE config (with pixel head).
         mask_ratio: Mask ratio.
+        **kwargs: ``data_preprocessor``, ``init_cfg``: see :class:`BaseGenericDistiller`.
     """
 
-    def __init__(self, student: dict | nn.Module, mask_ratio: float = 0.75) -> None:
+    def __init__(self, student: dict | nn.Module, mask_ratio: float = 0.75, **kwargs: Any) -> None:
         _check_mask_ratio(mask_ratio)
-        super().__init__(student)
+        super().__init__(student, **kwargs)
         if not isinstance(self.student, MaskedAutoencoderViT) or not self.student.pixel_head:
             raise TypeError('MAE pre-training needs a MaskedAutoencoderViT with pixel_head=True')
         self.mask_ratio = mask_ratio
@@ -464,7 +535,7 @@ class MAEPretrainer(BaseGenericDistiller):
         """The whole MAE (encoder + decoder): usable as a G2SD teacher and as a backbone."""
         return {k: v.detach().clone() for k, v in self.student.state_dict().items()}
 
-    def forward(self, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
         """imgs (B, C, H, W) -> ``{'loss_mae'}``."""
         loss, _, _ = self.student(imgs, self.mask_ratio)
         return {'loss_mae': loss}

@@ -12,6 +12,7 @@ Items are ``dict(inputs=Tensor, data_samples=int)``; configs use
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import os.path as osp
 from collections.abc import Callable, Sequence
@@ -25,6 +26,8 @@ from g2sd.engine.transforms import build_pipeline
 from g2sd.registry import DATASETS
 
 __all__ = ['FashionMNIST', 'ImageFolder', 'balanced_subset', 'read_idx']
+
+logger = logging.getLogger(__name__)
 
 FASHION_MNIST_CLASSES = (
     'T-shirt/top',
@@ -157,6 +160,12 @@ class ImageFolder(Dataset):
         root: Dataset folder (e.g. ``data/imagenet/train``).
         pipeline: Transform configs (see :func:`g2sd.engine.transforms.build_pipeline`).
         extensions: Accepted file suffixes (lower case).
+        allow_empty_classes: Keep class folders without any image (their label index stays
+            reserved) with a warning naming them, instead of refusing them.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder, has no class folders or no images.
+        ValueError: A class folder holds no image (unless ``allow_empty_classes``).
     """
 
     def __init__(
@@ -164,6 +173,7 @@ class ImageFolder(Dataset):
         root: str,
         pipeline: Sequence[dict | Callable[..., Any]] | None = None,
         extensions: Sequence[str] = IMG_EXTENSIONS,
+        allow_empty_classes: bool = False,
     ) -> None:
         if not osp.isdir(root):
             raise FileNotFoundError(f'ImageFolder root {root!r} is not a directory')
@@ -172,13 +182,28 @@ class ImageFolder(Dataset):
             raise FileNotFoundError(f'ImageFolder root {root!r} has no class sub-folders')
         exts = tuple(e.lower() for e in extensions)
         samples: list[tuple[str, int]] = []
+        empty: list[str] = []
         for label, cls in enumerate(classes):
+            before = len(samples)
             for dirpath, _, files in sorted(os.walk(osp.join(root, cls), followlinks=True)):
                 for fn in sorted(files):
                     if fn.lower().endswith(exts):
                         samples.append((osp.join(dirpath, fn), label))
+            if len(samples) == before:
+                empty.append(cls)
         if not samples:
             raise FileNotFoundError(f'no images with extensions {exts} under {root!r}')
+        if empty:
+            msg = (
+                f'ImageFolder {root!r}: class folder(s) {empty[:10]} ({len(empty)} of '
+                f'{len(classes)}) hold no image with extensions {exts}'
+            )
+            if not allow_empty_classes:
+                raise ValueError(
+                    f'{msg}; an empty folder would become a class that never occurs. Remove '
+                    'it, or pass allow_empty_classes=True to keep its label index'
+                )
+            logger.warning('%s; kept (allow_empty_classes=True)', msg)
         self.root = root
         self.classes = classes
         self.samples = samples

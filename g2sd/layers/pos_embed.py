@@ -1,9 +1,11 @@
-"""Position embeddings: MAE's fixed 2-D sin-cos table and grid resampling.
+"""Position embeddings: MAE's fixed 2-D sin-cos table, grid and rel-pos resampling.
 
 A low layer (torch only) that the models (:mod:`g2sd.models.vit`) and the checkpoint
 loader (:mod:`g2sd.checkpoint`) both import, so loading never reaches up into a model file.
 The sin-cos table follows MAE (He et al., "Masked Autoencoders Are Scalable Vision
 Learners", CVPR 2022), as used by G2SD (Huang et al., CVPR 2023, arXiv 2302.14771).
+Relative-position tables are resampled as detectron2's ViTDet ``get_rel_pos`` does
+(Li et al., "Exploring Plain Vision Transformer Backbones for Object Detection", ECCV 2022).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ['get_2d_sincos_pos_embed', 'resample_pos_embed', 'to_2tuple']
+__all__ = ['get_2d_sincos_pos_embed', 'resample_pos_embed', 'resample_rel_pos', 'to_2tuple']
 
 
 def to_2tuple(x: int | Sequence[int]) -> tuple[int, int]:
+    """An int ``n`` as ``(n, n)``; a pair as a tuple of two ints."""
     if isinstance(x, int):
         return (x, x)
     if len(x) != 2:
@@ -97,3 +100,29 @@ def resample_pos_embed(
     grid = F.interpolate(grid, size=(nh, nw), mode=interpolation, align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, nh * nw, -1).to(dtype)
     return torch.cat([prefix, grid], dim=1)
+
+
+def resample_rel_pos(rel_pos: torch.Tensor, new_len: int) -> torch.Tensor:
+    """Resample a 1-D relative-position table by linear interpolation.
+
+    Identical to the interpolation in detectron2's ViTDet ``get_rel_pos``
+    (``F.interpolate(mode='linear')``, ``align_corners=False``), used when a table made
+    for one window / input size (``L = 2 * size - 1`` rows) serves another.
+
+    Args:
+        rel_pos: Table (L, C).
+        new_len: Rows of the result, L'.
+
+    Returns:
+        (L', C) in the input's dtype; the input itself when ``L' == L``.
+    """
+    if rel_pos.ndim != 2:
+        raise ValueError(f'rel_pos must be (L, C), got shape {tuple(rel_pos.shape)}')
+    if isinstance(new_len, bool) or not isinstance(new_len, int) or new_len < 1:
+        raise ValueError(f'new_len must be a positive int, got {new_len!r}')
+    if rel_pos.shape[0] == new_len:
+        return rel_pos
+    dtype = rel_pos.dtype
+    table = rel_pos.float().reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1)  # (1, C, L)
+    table = F.interpolate(table, size=new_len, mode='linear')
+    return table.reshape(-1, new_len).permute(1, 0).to(dtype)

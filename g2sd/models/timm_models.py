@@ -11,6 +11,10 @@ name                           dim / depth / heads
 ``g2sd_vit_base_patch16_224``  768 / 12 / 12 (MAE ViT-B teacher)
 ============================== ============================
 
+``features_only=True`` gives timm's feature getter over
+:meth:`~g2sd.models.vit.VisionTransformer.forward_intermediates` (``out_indices``, default
+the last 3 blocks; (B, C, H/16, W/16) maps).
+
 Tags (no url / hub id; weights come from a local file)::
 
     .gd_in1k     after generic distillation, no classifier (num_classes=0)
@@ -75,11 +79,15 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[s
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    # features_only=True: timm's getter wrapper over forward_intermediates /
+    # prune_intermediate_layers, the last 3 blocks by default (as timm's own ViTs).
+    out_indices = kwargs.pop('out_indices', 3)
     return build_model_with_cfg(
         VisionTransformer,
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
 

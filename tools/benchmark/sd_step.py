@@ -54,7 +54,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def build_model(args: argparse.Namespace) -> Any:
     """The SD wrapper of the paper's classification run (random weights)."""
     from g2sd.cls import ClsDataPreprocessor, DistilledVisionTransformer, ViTClassifier
-    from g2sd.distill.kd import DistillModel
+    from g2sd.distill import DistillModel
     from g2sd.models.vit import VisionTransformer
 
     common = dict(img_size=args.img_size, patch_size=16, depth=args.depth, num_classes=1000)

@@ -16,7 +16,10 @@ Inputs: our mmengine checkpoints (``g2sd.ViTClassifier`` or the ``g2sd.DistillMo
 wrapper, whose ``student.*`` part is taken), ``SaveStudentHook`` exports (``student.pth``) or
 plain backbone state dicts. Read with ``torch.load(weights_only=True)`` (mmengine state as
 inert stubs, see ``g2sd.checkpoint.load_file``). The output (``.safetensors`` or ``.pth``)
-is verified by building the timm model from it and comparing its logits with our model's.
+is validated first (strict load into our model: shapes, keys, dtypes) and verified by
+building the timm model from a temporary copy and comparing its logits with our model's;
+only then is it written (atomically). A refused conversion leaves no file and prints one
+error line (exit code 1).
 
 The tag ``.gd_sd_in1k`` is used, and ``pretrained_cfg_overlay`` carries the class count, so
 timm keeps the trained head(s).
@@ -66,12 +69,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def student_backbone_state_dict(obj: Any, source: str) -> dict[str, Any]:
     """The student's ViT state dict (timm / MAE keys) from any supported checkpoint."""
-    from g2sd.checkpoint import CheckpointError, extract_state_dict
-    from g2sd.distill.kd import plain_student_state_dict
+    from g2sd.checkpoint import CheckpointError, extract_state_dict, select_encoder
 
-    sd = plain_student_state_dict(extract_state_dict(obj, source=source))
-    if sd and all(k.startswith('backbone.') for k in sd):
-        sd = {k[len('backbone.') :]: v for k, v in sd.items()}
+    # the ViT of a DistillModel (student.backbone.*), a ViTClassifier (backbone.*) or plain
+    sd, _, _ = select_encoder(extract_state_dict(obj, source=source), source=source)
     if 'patch_embed.proj.weight' not in sd or 'head.weight' not in sd:
         raise CheckpointError(
             f'{source}: no classification ViT found (needs patch_embed.proj.weight and '
@@ -109,13 +110,56 @@ def timm_spec(sd: dict[str, Any], dist_head: str, source: str) -> tuple[str, dic
     return f'g2sd_vit_{size}_patch16_224.gd_sd_in1k', kwargs
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
+def _reference(sd: dict[str, Any], kwargs: dict[str, Any], dist_head: str, source: str) -> Any:
+    """Our model for the export, loaded strictly (wrong shapes / extra keys / integer tensors)."""
+    from g2sd.checkpoint import load_state_dict_strict
+    from g2sd.models.vit import VisionTransformer
+
+    arch = dict(patch_size=16, embed_dim=sd['pos_embed'].shape[-1], depth=12)
+    arch['num_heads'] = ARCHS[arch['embed_dim']][1]
+    ours_kwargs = {k: v for k, v in kwargs.items() if k != 'dist_token_position'}
+    if dist_head == 'keep':
+        from g2sd.cls.vit import DistilledVisionTransformer
+
+        ref = DistilledVisionTransformer(
+            **arch, **ours_kwargs, dist_token_position=kwargs.get('dist_token_position', 'end')
+        )
+    else:
+        ref = VisionTransformer(**arch, **ours_kwargs)
+    load_state_dict_strict(ref, sd, what=type(ref).__name__, resample=False, source=source)
+    return ref.eval()
+
+
+def _verify(path: str, name: str, kwargs: dict[str, Any], ref: Any) -> float:
+    """Max |logit difference| between the timm model built from ``path`` and ``ref``."""
+    import timm
     import torch
 
-    from g2sd.checkpoint import load_file, save_state_dict
+    import g2sd.cls.timm_models  # noqa: F401  (registers the distilled names)
+    import g2sd.models.timm_models  # noqa: F401  (registers the plain names)
+
+    overlay = dict(file=path, num_classes=kwargs['num_classes'])
+    exported = timm.create_model(
+        name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
+    ).eval()
+    x = torch.randn(
+        2, kwargs.get('in_chans', 3), 224, 224, generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        return (exported(x) - ref(x)).abs().max().item()
+
+
+def convert(args: argparse.Namespace) -> None:
+    """Validate, verify, then write the export (nothing is written when a step fails).
+
+    Raises:
+        CheckpointError: Unreadable input, no classification ViT, keys / shapes / dtypes
+            that do not fit, or a timm model that does not reproduce the weights.
+    """
+    import os
+    import tempfile
+
+    from g2sd.checkpoint import CheckpointError, load_file, save_state_dict
 
     sd = student_backbone_state_dict(load_file(args.input, trusted=True), args.input)
     name, kwargs = timm_spec(sd, args.dist_head, args.input)
@@ -128,7 +172,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 '--dist-head keep to reproduce its accuracy'
             )
         sd = {k: v for k, v in sd.items() if not k.startswith(DIST_PREFIXES)}
+    ref = _reference(sd, kwargs, args.dist_head, args.input)
     meta = dict(timm_name=name, create_kwargs=kwargs, source=str(args.input), producer='g2sd')
+    if not args.no_verify:
+        suffix = '.safetensors' if str(args.output).endswith('.safetensors') else '.pth'
+        with tempfile.TemporaryDirectory() as tmp:
+            probe = os.path.join(tmp, 'export' + suffix)
+            save_state_dict(sd, probe, meta=meta)
+            diff = _verify(probe, name, kwargs, ref)
+        if diff > 1e-4:
+            raise CheckpointError(
+                f'verification failed: timm model {name} differs from the checkpoint '
+                f'({diff:.3g}); nothing was written'
+            )
     save_state_dict(sd, args.output, meta=meta)
     # The overlay's num_classes keeps timm from dropping a head of another class count.
     overlay = dict(file=str(args.output), num_classes=kwargs['num_classes'])
@@ -138,39 +194,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         f'load with: import g2sd.cls.timm_models; timm.create_model({name!r}, pretrained=True, '
         f'pretrained_cfg_overlay={overlay!r}, {call})\n'
     )
-    if args.no_verify:
-        return 0
-    import timm
-
-    import g2sd.cls.timm_models  # noqa: F401  (registers the distilled names)
-    import g2sd.models.timm_models  # noqa: F401  (registers the plain names)
-    from g2sd.cls.vit import DistilledVisionTransformer
-    from g2sd.models.vit import VisionTransformer
-
-    exported = timm.create_model(
-        name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
-    ).eval()
-    arch = dict(patch_size=16, embed_dim=sd['pos_embed'].shape[-1], depth=12)
-    arch['num_heads'] = ARCHS[arch['embed_dim']][1]
-    ours_kwargs = {k: v for k, v in kwargs.items() if k != 'dist_token_position'}
-    if args.dist_head == 'keep':
-        ref = DistilledVisionTransformer(
-            **arch, **ours_kwargs, dist_token_position=kwargs.get('dist_token_position', 'end')
+    if not args.no_verify:
+        sys.stdout.write(
+            f'verified: {name} reproduces the exported weights (max |diff| {diff:.2e})\n'
         )
-    else:
-        ref = VisionTransformer(**arch, **ours_kwargs)
-    ref.load_state_dict(sd, strict=True)
-    ref.eval()
-    x = torch.randn(
-        2, kwargs.get('in_chans', 3), 224, 224, generator=torch.Generator().manual_seed(0)
-    )
-    with torch.no_grad():
-        diff = (exported(x) - ref(x)).abs().max().item()
-    if diff > 1e-4:
-        raise SystemExit(
-            f'verification failed: timm model differs from the checkpoint ({diff:.3g})'
-        )
-    sys.stdout.write(f'verified: {name} reproduces the exported weights (max |diff| {diff:.2e})\n')
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (1 with one error line on stderr on bad input)."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
+    from g2sd.checkpoint import CheckpointError
+
+    try:
+        convert(args)
+    except (CheckpointError, ValueError, TypeError, OSError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        sys.stderr.write(f'export_cls_timm: error: {"; ".join(lines)}\n')
+        return 1
     return 0
 
 

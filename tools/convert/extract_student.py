@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Extract the student encoder of a generic-distillation checkpoint as a plain backbone.
 
-Inputs (format detected from the keys, see ``g2sd/checkpoint.py``):
+Inputs (format detected from the keys, see :mod:`g2sd.checkpoint`):
 
 * our mmengine GD checkpoints (``state_dict`` with ``algorithm.student.*`` keys, plus
   ``meta`` / ``message_hub`` / ``optimizer``);
@@ -14,6 +14,12 @@ Output: the encoder in timm / MAE key layout (``cls_token``, ``pos_embed``,
 ``student.`` prefix, loadable by ``timm.create_model('g2sd_vit_*', pretrained=True,
 pretrained_cfg_overlay=dict(file=OUTPUT))``, by mmdet / mmseg ``init_cfg`` and by
 ``g2sd.checkpoint.load_pretrained(model, OUTPUT, use='backbone')``.
+
+Validation: the output is loaded strictly into a plain ViT built from its own shapes
+(:func:`g2sd.checkpoint.load_state_dict_strict`) *before* anything is written, so wrong
+shapes, extra keys and integer tensors are refused and no output file is left behind;
+the file is written atomically (:func:`g2sd.checkpoint.save_state_dict`). Errors are one
+line on stderr and exit code 1.
 
 Safety: the input is read with ``torch.load(weights_only=True)``; for mmengine training
 state only ``argparse.Namespace``, mmengine's ``HistoryBuffer`` and numpy arrays / scalars
@@ -81,6 +87,51 @@ def _meta_of(obj: Any) -> dict[str, Any]:
     return out
 
 
+def validate_backbone(enc: dict[str, Any], source: str) -> None:
+    """Load ``enc`` strictly into a plain ViT built from its shapes; raise if it does not fit.
+
+    Raises:
+        CheckpointError: No blocks / no square position grid, wrong shapes, extra or
+            missing keys, or non-floating tensors.
+    """
+    import math
+
+    from g2sd.checkpoint import CheckpointError, load_state_dict_strict
+    from g2sd.models.vit import VisionTransformer
+
+    proj = enc['patch_embed.proj.weight']
+    blocks = sorted({int(k.split('.')[1]) for k in enc if k.startswith('blocks.')})
+    pe = enc.get('pos_embed')
+    if not blocks or pe is None or pe.ndim != 3 or 'blocks.0.mlp.fc1.weight' not in enc:
+        raise CheckpointError(f'{source}: the encoder has no blocks / pos_embed / MLP weights')
+    embed_dim, in_chans, patch = (int(x) for x in proj.shape[:3])
+    prefix = 1 if 'cls_token' in enc else 0
+    side = math.isqrt(max(pe.shape[1] - prefix, 0))
+    if side * side != pe.shape[1] - prefix:
+        raise CheckpointError(
+            f'{source}: pos_embed {tuple(pe.shape)} is not a square grid (+{prefix} token)'
+        )
+    pool = 'avg' if 'fc_norm.weight' in enc else ('token' if prefix else '')
+    head = enc.get('head.weight')
+    try:
+        model = VisionTransformer(
+            img_size=side * patch,
+            patch_size=patch,
+            in_chans=in_chans,
+            num_classes=int(head.shape[0]) if head is not None and head.ndim == 2 else 0,
+            global_pool=pool,
+            embed_dim=embed_dim,
+            depth=blocks[-1] + 1,
+            num_heads=1,  # no weight shape depends on the head count
+            mlp_ratio=enc['blocks.0.mlp.fc1.weight'].shape[0] / embed_dim,
+            qkv_bias='blocks.0.attn.qkv.bias' in enc,
+            class_token=bool(prefix),
+        )
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f'{source}: cannot build a ViT for this encoder: {e}') from e
+    load_state_dict_strict(model, enc, what='the plain ViT', resample=False, source=source)
+
+
 def extract(
     src: str, dst: str, *, fmt: str | None = None, keep_head: bool = False, trusted: bool = True
 ) -> dict[str, Any]:
@@ -121,6 +172,7 @@ def extract(
     flat = extract_state_dict(obj, source=src)
     source_format = detect_format(flat, source=src)
     enc = to_encoder_state_dict(flat, keep_head=keep_head, source=src)
+    validate_backbone(enc, src)
     blocks = {int(k.split('.')[1]) for k in enc if k.startswith('blocks.')}
     embed = enc['patch_embed.proj.weight'].shape[0]
     meta = {
@@ -165,8 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             keep_head=args.keep_head,
             trusted=not args.no_mmengine_state,
         )
-    except (CheckpointError, ValueError, TypeError) as e:
-        logger.error('%s', e)
+    except (CheckpointError, ValueError, TypeError, OSError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        sys.stderr.write(f'extract_student: error: {"; ".join(lines)}\n')
         return 1
     return 0
 

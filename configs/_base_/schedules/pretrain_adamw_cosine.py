@@ -1,5 +1,6 @@
 # MAE / G2SD pre-training schedule: AdamW(0.9, 0.95), wd 0.05 without decay on 1-D params,
-# lr = 1.5e-4 x 4096 / 256, linear warm-up then half-cosine per iteration.
+# lr = 1.5e-4 x 4096 / 256, linear warm-up then half-cosine per iteration. The cosine ends at
+# train_cfg.max_epochs: --cfg-options train_cfg.max_epochs=N alone shortens a run.
 base_batch_size = 4096
 max_epochs = 300
 warmup_epochs = 10
@@ -11,24 +12,12 @@ optim_wrapper = dict(
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0),
     accumulative_counts=2,
 )
-param_scheduler = [
-    dict(
-        type='LinearLR',
-        start_factor=1e-4,
-        by_epoch=True,
-        begin=0,
-        end=warmup_epochs,
-        convert_to_iter_based=True,
-    ),
-    dict(
-        type='CosineAnnealingLR',
-        T_max=max_epochs - warmup_epochs,
-        eta_min=min_lr,
-        by_epoch=True,
-        begin=warmup_epochs,
-        end=max_epochs,
-        convert_to_iter_based=True,
-    ),
-]
+param_scheduler = dict(
+    type='g2sd.WarmupCosineLR',
+    warmup=warmup_epochs,
+    warmup_start_factor=1e-4,
+    eta_min=min_lr,
+    convert_to_iter_based=True,
+)
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
 auto_scale_lr = dict(base_batch_size=base_batch_size, enable=False)

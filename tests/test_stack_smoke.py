@@ -1,4 +1,5 @@
-"""The OpenMMLab stack works on CPU: compiled mmcv ops, one mmdet and one mmseg train step.
+"""Stack smoke test: the OpenMMLab stack works on CPU (compiled mmcv ops, one mmdet and one
+mmseg train step). It tests the installed libraries, not g2sd code.
 
 These build the *packaged* configs of mmdet 3.3 / mmseg 1.2 (only weights-download and
 SyncBN settings are overridden) and run one full ``train_step`` each (data_preprocessor, loss,
