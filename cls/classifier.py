@@ -225,26 +225,6 @@ class ViTClassifier(FiniteLossParsing, BaseModel):
         """The backbone's state dict (timm / MAE keys, heads included)."""
         return {k: v.detach() for k, v in self.backbone.state_dict().items()}
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict,
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        """Accept a plain backbone state dict: ``prefix + k`` -> ``prefix + 'backbone.' + k``."""
-        own = [k for k in state_dict if k.startswith(prefix)]
-        plain = f'{prefix}patch_embed.proj.weight' in state_dict
-        if plain and not any(k.startswith(f'{prefix}backbone.') for k in own):
-            for k in own:
-                state_dict[f'{prefix}backbone.{k[len(prefix) :]}'] = state_dict.pop(k)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-
     # ----------------------------------------------------------------- forward
     def forward(
         self,

@@ -5,17 +5,13 @@ resolve from mmdet / mmseg default scopes too. ``locations`` are imported lazily
 first lookup; they never import mmcv, mmdet or mmseg.
 """
 
-from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
-from mmengine.registry import EVALUATOR as MMENGINE_EVALUATOR
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
 from mmengine.registry import METRICS as MMENGINE_METRICS
-from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
-from mmengine.registry import OPTIMIZERS as MMENGINE_OPTIMIZERS
 from mmengine.registry import PARAM_SCHEDULERS as MMENGINE_PARAM_SCHEDULERS
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
@@ -24,21 +20,12 @@ _MODEL_LOCATIONS = ['g2sd.models', 'g2sd.distill', 'g2sd.engine', 'g2sd.cls']
 _ENGINE_LOCATIONS = ['g2sd.engine']
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='g2sd', locations=_MODEL_LOCATIONS)
-MODEL_WRAPPERS = Registry(
-    'model_wrapper', parent=MMENGINE_MODEL_WRAPPERS, scope='g2sd', locations=_ENGINE_LOCATIONS
-)
 DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='g2sd', locations=_ENGINE_LOCATIONS)
-DATA_SAMPLERS = Registry(
-    'data sampler', parent=MMENGINE_DATA_SAMPLERS, scope='g2sd', locations=_ENGINE_LOCATIONS
-)
 TRANSFORMS = Registry(
     'transform', parent=MMENGINE_TRANSFORMS, scope='g2sd', locations=_ENGINE_LOCATIONS
 )
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='g2sd', locations=_ENGINE_LOCATIONS)
 LOOPS = Registry('loop', parent=MMENGINE_LOOPS, scope='g2sd', locations=_ENGINE_LOCATIONS)
-OPTIMIZERS = Registry(
-    'optimizer', parent=MMENGINE_OPTIMIZERS, scope='g2sd', locations=_ENGINE_LOCATIONS
-)
 OPTIM_WRAPPERS = Registry(
     'optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope='g2sd', locations=_ENGINE_LOCATIONS
 )
@@ -56,7 +43,4 @@ PARAM_SCHEDULERS = Registry(
 )
 METRICS = Registry(
     'metric', parent=MMENGINE_METRICS, scope='g2sd', locations=[*_ENGINE_LOCATIONS, 'g2sd.cls']
-)
-EVALUATOR = Registry(
-    'evaluator', parent=MMENGINE_EVALUATOR, scope='g2sd', locations=_ENGINE_LOCATIONS
 )

@@ -232,20 +232,29 @@ def test_predict_uses_student_alone(teacher_file) -> None:
 
 
 def test_plain_student_checkpoints_load_and_export(teacher_file) -> None:
+    from g2sd.checkpoint import CheckpointError, load_pretrained
+
     model = make_model(teacher_file)
     other = make_student()
-    # mmengine-style student checkpoint (backbone.* keys) and a plain backbone state dict.
-    model.load_state_dict(other.state_dict(), strict=True)
+    # mmengine-style student checkpoint (backbone.* keys) and a plain backbone state dict,
+    # through the one loader (use='whole' nests them under student. / student.backbone.)
+    report = load_pretrained(model, other.state_dict(), use='whole')
+    assert len(report.loaded) == len(model.state_dict())
     torch.testing.assert_close(model.student.backbone.dist_token, other.backbone.dist_token)
     other2 = make_student()
-    model.load_state_dict(other2.backbone.state_dict(), strict=True)
+    load_pretrained(model, other2.backbone.state_dict(), use='whole')
     torch.testing.assert_close(model.student.backbone.head.weight, other2.backbone.head.weight)
     exported = model.export_student()
     assert set(exported) == set(other.backbone.state_dict())
     fresh = make_student()
-    fresh.load_state_dict(exported, strict=True)  # plain keys -> backbone.*
+    load_pretrained(fresh, exported, use='whole')  # plain keys -> backbone.*
     torch.testing.assert_close(fresh.backbone.head_dist.bias, model.student.backbone.head_dist.bias)
     assert set(plain_student_state_dict(model.state_dict())) == set(other.state_dict())
+    # a plain file missing a tensor is refused, naming it
+    partial = dict(exported)
+    del partial['dist_token']
+    with pytest.raises(CheckpointError, match=r'missing keys \(1\): student\.backbone\.dist_token'):
+        load_pretrained(model, partial, use='whole')
 
 
 def test_adapter_reaches_optimizer_and_gradient(teacher_file) -> None:

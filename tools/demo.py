@@ -40,8 +40,28 @@ NORM = dict(mean=0.2860, std=0.3530)
 logger = logging.getLogger('g2sd.demo')
 
 
+def run_logged(cmd: list[str], log: Path) -> float:
+    """Run ``cmd`` from the repo root with its output in ``log``; return the wall time.
+
+    The demos print tables, not training logs: each run's stdout / stderr goes to its own
+    log file, and only a failure shows its last lines.
+
+    Raises:
+        SystemExit: The command failed (its log tail and path are in the message).
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    logger.info('running: %s (log: %s)', ' '.join(cmd), os.path.relpath(log, REPO))
+    t0 = time.time()
+    with open(log, 'w') as f:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = '\n'.join(log.read_text(errors='replace').splitlines()[-30:])
+        raise SystemExit(f'{tail}\nfailed (exit {proc.returncode}): {" ".join(cmd)}; log: {log}')
+    return time.time() - t0
+
+
 def train(config: str, work_dir: Path, options: list[str]) -> float:
-    """Run ``tools/train.py`` in a subprocess; return its wall time in seconds."""
+    """Run ``tools/train.py`` in a subprocess (log in ``work_dir``); return its wall time."""
     cmd = [
         sys.executable,
         str(REPO / 'tools' / 'train.py'),
@@ -51,12 +71,7 @@ def train(config: str, work_dir: Path, options: list[str]) -> float:
         '--cfg-options',
         *options,
     ]
-    logger.info('running: %s', ' '.join(cmd))
-    t0 = time.time()
-    proc = subprocess.run(cmd, cwd=REPO)
-    if proc.returncode != 0:
-        raise SystemExit(f'training failed ({config}, exit {proc.returncode}); see {work_dir}')
-    return time.time() - t0
+    return run_logged(cmd, work_dir / 'run.log')
 
 
 def schedule_options(epochs: int, samples: int, batch: int) -> list[str]:

@@ -26,12 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / 'tools'))
+from demo import run_logged, train  # noqa: E402  (the one subprocess runner of the demos)
+
 MAE_TEACHER = REPO / 'checkpoints' / 'fmnist_mae_vit-teacher.pth'
 CLS_TEACHER = REPO / 'checkpoints' / 'fmnist_vit-teacher_cls.pth'
 ROWS = (
@@ -77,16 +78,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run(cmd: list[str]) -> float:
-    """Run a command from the repo root; return its wall time. Exit on failure."""
-    logger.info('running: %s', ' '.join(cmd))
-    t0 = time.time()
-    proc = subprocess.run(cmd, cwd=REPO)
-    if proc.returncode != 0:
-        raise SystemExit(f'failed (exit {proc.returncode}): {" ".join(cmd)}')
-    return time.time() - t0
-
-
 def schedule(epochs: int, samples: int, batch: int, test_samples: int) -> list[str]:
     """cfg-options of a run: length, data size, one checkpoint (the last), no mid-run val."""
     return [
@@ -100,18 +91,12 @@ def schedule(epochs: int, samples: int, batch: int, test_samples: int) -> list[s
     ]
 
 
-def train(config: str, work_dir: Path, options: list[str]) -> float:
-    """``tools/train.py CONFIG --work-dir ... --cfg-options ...``; wall time in seconds."""
-    cmd = [sys.executable, str(REPO / 'tools' / 'train.py'), str(REPO / config)]
-    return run(cmd + ['--work-dir', str(work_dir), '--cfg-options', *options])
-
-
 def test(config: str, ckpt: Path, out: Path, test_samples: int, extra: list[str]) -> dict:
     """``tools/test.py`` on the Fashion-MNIST test set; returns its metrics."""
     cmd = [sys.executable, str(REPO / 'tools' / 'test.py'), str(REPO / config), str(ckpt)]
     cmd += ['--work-dir', str(out.parent / 'test'), '--out', str(out), '--cfg-options']
     cmd += [f'test_dataloader.dataset.num_samples={test_samples}', *extra]
-    run(cmd)
+    run_logged(cmd, out.parent / 'test.log')
     return json.loads(out.read_text())['test']
 
 
@@ -126,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not all(p.exists() for p in students.values()):
         logger.info('pre-trained students missing under %s: running tools/demo.py', work)
-        run([sys.executable, str(REPO / 'tools' / 'demo.py'), '--work-dir', str(work),
-             *args.demo_args.split()])  # fmt: skip
+        demo_cmd = [sys.executable, str(REPO / 'tools' / 'demo.py'), '--work-dir', str(work)]
+        run_logged(demo_cmd + args.demo_args.split(), work / 'demo.log')
     mae_teacher = Path(args.mae_teacher)
     if not mae_teacher.exists():
         mae_teacher = (

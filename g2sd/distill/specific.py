@@ -387,26 +387,6 @@ class DistillModel(DistillerBase):
             return fn()
         return {k: v.detach() for k, v in self.student.state_dict().items()}
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict,
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        """Accept a plain student checkpoint: ``prefix + k`` -> ``prefix + 'student.' + k``."""
-        own = [k for k in state_dict if k.startswith(prefix)]
-        ours = (f'{prefix}student.', f'{prefix}adapters.', f'{prefix}distill_losses.')
-        if own and not any(k.startswith(ours) for k in own):
-            for k in own:
-                state_dict[f'{prefix}student.{k[len(prefix) :]}'] = state_dict.pop(k)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-
     # ------------------------------------------------------------- forward
     def forward(
         self,
