@@ -143,8 +143,8 @@ def test_load_from_and_loader_refuse_gadget(tmp_path, toy):
     # untrusted: the globals are named; trusted (resume): HistoryBuffer and getattr are inert
     # stand-ins, so the chain ends in a call of a non-function, which is named
     expected = {
-        False: r'not on the safe list: mmengine\.logging\.history_buffer\.HistoryBuffer, '
-        r'builtins\.getattr',
+        False: r'not on the safe list: builtins\.getattr, '
+        r'mmengine\.logging\.history_buffer\.HistoryBuffer;',
         True: r'cannot be read safely: Trying to call reduce for unrecognized function',
     }
     for trusted, pattern in expected.items():
