@@ -7,6 +7,7 @@ _base_ = [
     '../_base_/default_runtime.py',
     '../_base_/datasets/imagenet_pretrain.py',
     '../_base_/schedules/pretrain_adamw_cosine.py',
+    '../_base_/models/in1k_vits.py',
 ]
 max_epochs = 400
 warmup_epochs = 40
@@ -25,15 +26,7 @@ model = dict(
         decoder_num_heads=3,
         norm_pix_loss=True,
     ),
-    teacher=dict(
-        type='g2sd.VisionTransformer',
-        img_size=224,
-        patch_size=16,
-        embed_dim=768,
-        depth=12,
-        num_heads=12,
-        num_classes=0,
-    ),
+    teacher={{_base_.vit_b_encoder}},
     teacher_checkpoint=teacher_checkpoint,
     mask_ratio=0.75,
     attn_weight=1.0,

@@ -5,35 +5,15 @@ _base_ = [
     '../_base_/default_runtime.py',
     '../_base_/datasets/imagenet_pretrain.py',
     '../_base_/schedules/pretrain_adamw_cosine.py',
+    '../_base_/models/in1k_vits.py',
 ]
 # The teacher MUST contain the MAE decoder: MAE's mae_pretrain_vit_base_full.pth
 # (the encoder-only mae_pretrain_vit_base.pth is refused).
 teacher_checkpoint = 'checkpoints/mae_pretrain_vit_base_full.pth'
 model = dict(
     type='g2sd.G2SDDistiller',
-    student=dict(
-        type='g2sd.MaskedAutoencoderViT',
-        img_size=224,
-        patch_size=16,
-        embed_dim=384,
-        depth=12,
-        num_heads=6,
-        decoder_embed_dim=256,
-        decoder_depth=4,
-        decoder_num_heads=8,
-        pixel_head=False,
-    ),
-    teacher=dict(
-        type='g2sd.MaskedAutoencoderViT',
-        img_size=224,
-        patch_size=16,
-        embed_dim=768,
-        depth=12,
-        num_heads=12,
-        decoder_embed_dim=512,
-        decoder_depth=8,
-        decoder_num_heads=16,
-    ),
+    student={{_base_.mae_vit_s_gd}},
+    teacher={{_base_.mae_vit_b}},
     teacher_checkpoint=teacher_checkpoint,
     mask_ratio=0.75,
     target_block=4,  # k: teacher decoder residual stream after block 4 of 8

@@ -5,23 +5,13 @@ _base_ = [
     '../_base_/default_runtime.py',
     '../_base_/datasets/imagenet_pretrain.py',
     '../_base_/schedules/pretrain_adamw_cosine.py',
+    '../_base_/models/in1k_vits.py',
 ]
 max_epochs = 1600
 warmup_epochs = 40
 model = dict(
     type='g2sd.MAEPretrainer',
-    student=dict(
-        type='g2sd.MaskedAutoencoderViT',
-        img_size=224,
-        patch_size=16,
-        embed_dim=768,
-        depth=12,
-        num_heads=12,
-        decoder_embed_dim=512,
-        decoder_depth=8,
-        decoder_num_heads=16,
-        norm_pix_loss=True,
-    ),
+    student={{_base_.mae_vit_b_pix}},
     mask_ratio=0.75,
 )
 param_scheduler = dict(warmup=warmup_epochs, eta_min=0.0)

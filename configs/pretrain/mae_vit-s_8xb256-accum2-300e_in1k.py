@@ -4,21 +4,11 @@ _base_ = [
     '../_base_/default_runtime.py',
     '../_base_/datasets/imagenet_pretrain.py',
     '../_base_/schedules/pretrain_adamw_cosine.py',
+    '../_base_/models/in1k_vits.py',
 ]
 model = dict(
     type='g2sd.MAEPretrainer',
-    student=dict(
-        type='g2sd.MaskedAutoencoderViT',
-        img_size=224,
-        patch_size=16,
-        embed_dim=384,
-        depth=12,
-        num_heads=6,
-        decoder_embed_dim=256,
-        decoder_depth=4,
-        decoder_num_heads=8,
-        norm_pix_loss=True,
-    ),
+    student={{_base_.mae_vit_s_pix}},
     mask_ratio=0.75,
 )
 custom_hooks = [dict(type='g2sd.SaveStudentHook', out='mae_vit-s.pth')]

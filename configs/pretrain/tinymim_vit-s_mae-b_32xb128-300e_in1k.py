@@ -6,6 +6,7 @@ _base_ = [
     '../_base_/default_runtime.py',
     '../_base_/datasets/imagenet_pretrain.py',
     '../_base_/schedules/pretrain_adamw_cosine.py',
+    '../_base_/models/in1k_vits.py',
 ]
 warmup_epochs = 15
 max_epochs = 300
@@ -25,15 +26,7 @@ model = dict(
         drop_path_rate=0.1,
         drop_path_mode='constant',
     ),
-    teacher=dict(
-        type='g2sd.VisionTransformer',
-        img_size=224,
-        patch_size=16,
-        embed_dim=768,
-        depth=12,
-        num_heads=12,
-        num_classes=0,
-    ),
+    teacher={{_base_.vit_b_encoder}},
     teacher_checkpoint=teacher_checkpoint,
     teacher_block=12,
     relations=('qk', 'vv'),
