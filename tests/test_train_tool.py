@@ -300,6 +300,22 @@ def test_unknown_cfg_option_refused_with_closest_name(toy, monkeypatch, option, 
         tool.build_config(tool.parse_args([str(cfg), '--cfg-options', option]))
 
 
+def test_user_error_is_one_line_without_traceback(toy):
+    tmp_path, cfg, env = toy
+    cmd = [sys.executable, str(TRAIN), str(cfg), '--cfg-options', 'resum=True']
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert 'Traceback' not in proc.stderr
+    assert proc.stderr.splitlines()[0] == (
+        "train.py: error: ValueError: --cfg-options resum: 'resum' is not in the config; did "
+        "you mean 'resume'? (to add a new key on purpose write '+resum')"
+    )
+    # the traceback on request
+    env = dict(env, G2SD_TRACEBACK='1')
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and 'Traceback' in proc.stderr
+
+
 def test_valid_absent_and_explicit_new_cfg_options(toy, monkeypatch):
     tmp_path, cfg, _ = toy
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -39,7 +39,7 @@ from typing import Any
 
 from mmengine.config import Config
 
-from g2sd.engine.cli import add_common_args, apply_common_args
+from g2sd.engine.cli import add_common_args, apply_common_args, run_main
 from g2sd.engine.cli import parse_args as _parse
 
 # torch / mmengine.runner / g2sd are imported in main() so that --help stays fast.
@@ -187,4 +187,4 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main, 'test.py')

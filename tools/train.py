@@ -19,7 +19,7 @@ import argparse
 
 from mmengine.config import Config
 
-from g2sd.engine.cli import add_common_args, apply_common_args
+from g2sd.engine.cli import add_common_args, apply_common_args, run_main
 from g2sd.engine.cli import parse_args as _parse
 
 # torch / mmengine.runner / the g2sd runner are imported in main() so that --help stays fast.
@@ -86,4 +86,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main, 'train.py')

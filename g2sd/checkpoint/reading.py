@@ -230,8 +230,8 @@ def load_file(path: str | os.PathLike, *, trusted: bool = False) -> Any:
         if unsafe:
             msg = (
                 f'{path!r} needs pickle globals that are not on the safe list: '
-                f'{_listing(sorted(unsafe))}; refused for safety (g2sd loads with weights_only=True '
-                'and never unpickles arbitrary objects)'
+                f'{_listing(sorted(unsafe))}; refused for safety (g2sd loads with '
+                'weights_only=True and never unpickles arbitrary objects)'
             )
             if not trusted and _is_mmengine_state(unsafe):
                 msg += (

@@ -20,7 +20,8 @@ import difflib
 import inspect
 import os
 import os.path as osp
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mmengine.config import Config, DictAction
@@ -32,6 +33,7 @@ __all__ = [
     'apply_common_args',
     'check_cfg_options',
     'parse_args',
+    'run_main',
 ]
 
 # Top-level settings mmengine's Runner.from_cfg (and G2SDRunner) read; settable when absent.
@@ -249,3 +251,30 @@ def apply_common_args(cfg: Config, args: argparse.Namespace) -> Config:
     if hasattr(args, 'amp'):
         configure_amp(cfg, enable=args.amp)
     return cfg
+
+
+#: What a user's input raises (bad config values, missing or unfit files -- CheckpointError
+#: is a ValueError -- and a run stopped by a non-finite loss): the tools print these as one
+#: line instead of a traceback.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FloatingPointError)
+
+
+def run_main(main: Callable[[], Any], prog: str) -> None:
+    """Run a tool's ``main()``; a user error becomes ``PROG: error: Type: message``, exit 1.
+
+    Set ``G2SD_TRACEBACK=1`` to get the full traceback instead.
+
+    Args:
+        main: The tool's entry point (reads ``sys.argv``).
+        prog: The tool's name in the message (e.g. ``'train.py'``).
+    """
+    try:
+        main()
+    except USER_ERRORS as err:
+        if os.environ.get('G2SD_TRACEBACK'):
+            raise
+        sys.stderr.write(
+            f'{prog}: error: {type(err).__name__}: {err}\n'
+            f'(set G2SD_TRACEBACK=1 for the traceback)\n'
+        )
+        raise SystemExit(1) from None
