@@ -2,8 +2,8 @@
 
 Every weight file enters the suite here: the G2SD teachers and students, the timm
 registration (``g2sd.models.timm_models``), the mmdet / mmseg backbones and the tools in
-``tools/convert``. It fixes weakness W-1 of the official G2SD code (teachers loaded with
-``strict=False``, so MAE's encoder-only release silently gives a random teacher decoder):
+``tools/convert``. It fixes weakness W-1 of the official G2SD code (teachers loaded
+non-strictly, so MAE's encoder-only release silently gives a random teacher decoder):
 weights are loaded strictly, apart from a small allow-list per use, and a decoder-less
 teacher is refused with a message that says what to download instead.
 

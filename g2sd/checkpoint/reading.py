@@ -167,7 +167,7 @@ def _torch_allows(name: str) -> bool:
 
 
 def _torch_message(e: BaseException) -> str:
-    """torch's error without its advice to retry with ``weights_only=False``."""
+    """torch's error without its advice to retry with the unsafe (code-running) loader."""
     text = str(e)
     wo = re.search(r'WeightsUnpickler error:\s*([^\n]+)', text)
     if wo:

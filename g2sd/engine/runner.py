@@ -187,11 +187,11 @@ def find_resume_checkpoint(work_dir: str) -> str | None:
     return None
 
 
-def _to_plain(obj: Any, where: str, strict: bool) -> Any:
+def _to_plain(obj: Any, where: str, refuse_other: bool) -> Any:
     """``obj`` as data ``torch.load(weights_only=True)`` reads without extra globals.
 
     numpy arrays become tensors, numpy scalars Python numbers, ``HistoryBuffer`` a dict of
-    its history. Other objects raise (``strict``) or are dropped with a warning.
+    its history. Other objects raise (``refuse_other``) or are dropped with a warning.
     """
     if isinstance(obj, np.generic):  # before float: np.float64 is a float subclass
         return obj.item()
@@ -202,26 +202,26 @@ def _to_plain(obj: Any, where: str, strict: bool) -> Any:
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind in 'biufc':
             return torch.from_numpy(np.ascontiguousarray(obj).copy())
-        return _to_plain(obj.tolist(), where, strict)
+        return _to_plain(obj.tolist(), where, refuse_other)
     if isinstance(obj, HistoryBuffer):
         return dict(
             __history_buffer__=True,
-            log_history=_to_plain(obj._log_history, where, strict),
-            count_history=_to_plain(obj._count_history, where, strict),
+            log_history=_to_plain(obj._log_history, where, refuse_other),
+            count_history=_to_plain(obj._count_history, where, refuse_other),
             max_length=int(obj.max_length),
         )
     if isinstance(obj, Mapping):
         out = OrderedDict() if isinstance(obj, OrderedDict) else {}
         for k, v in obj.items():
-            pv = _to_plain(v, f'{where}.{k}', strict)
+            pv = _to_plain(v, f'{where}.{k}', refuse_other)
             if pv is not _DROP:
                 out[k] = pv
         return out
     if isinstance(obj, (list, tuple, set, frozenset)):
-        items = [_to_plain(v, f'{where}[{i}]', strict) for i, v in enumerate(obj)]
+        items = [_to_plain(v, f'{where}[{i}]', refuse_other) for i, v in enumerate(obj)]
         items = [v for v in items if v is not _DROP]
         return list(items) if isinstance(obj, list) else tuple(items)
-    if strict:
+    if refuse_other:
         raise TypeError(
             f'{where} holds a {type(obj).__module__}.{type(obj).__qualname__}, which a '
             'weights_only checkpoint cannot store; only tensors, numbers, strings and '
@@ -454,9 +454,11 @@ class G2SDRunner(Runner):
             meta.update(dataset_meta=self.train_dataloader.dataset.metainfo)
         model = self.model.module if is_model_wrapper(self.model) else self.model
         checkpoint: dict[str, Any] = {
-            'meta': _to_plain(meta, 'meta', strict=False),
+            'meta': _to_plain(meta, 'meta', refuse_other=False),
             'state_dict': weights_to_cpu(model.state_dict()),
-            'message_hub': _to_plain(self.message_hub.state_dict(), 'message_hub', strict=False),
+            'message_hub': _to_plain(
+                self.message_hub.state_dict(), 'message_hub', refuse_other=False
+            ),
             'rng': rng,
         }
         if save_optimizer:
@@ -466,7 +468,7 @@ class G2SDRunner(Runner):
                     f'instance, but got {self.optim_wrapper}'
                 )
             checkpoint['optimizer'] = _to_plain(
-                _cpu(self.optim_wrapper.state_dict()), 'optimizer', strict=True
+                _cpu(self.optim_wrapper.state_dict()), 'optimizer', refuse_other=True
             )
         if save_param_scheduler and self.param_schedulers is None:
             self.logger.warning(
@@ -481,7 +483,9 @@ class G2SDRunner(Runner):
                 }
             else:
                 scheds = [s.state_dict() for s in self.param_schedulers]
-            checkpoint['param_schedulers'] = _to_plain(scheds, 'param_schedulers', strict=True)
+            checkpoint['param_schedulers'] = _to_plain(
+                scheds, 'param_schedulers', refuse_other=True
+            )
         self.call_hook('before_save_checkpoint', checkpoint=checkpoint)
         if file_client_args is not None or backend_args is not None or not _is_local(out_dir):
             from mmengine.fileio import FileClient, join_path
@@ -521,7 +525,7 @@ class G2SDRunner(Runner):
         model = self.model.module if is_model_wrapper(self.model) else self.model
         if _is_local(filename):
             # Strict through the one loader: a missing / extra / mis-shaped / integer tensor
-            # is an error naming the keys (mmengine's own load is strict=False, i.e. silent).
+            # is an error naming the keys (mmengine's own load is not strict, i.e. silent).
             load_pretrained(model, checkpoint, use='whole', source=filename)
         else:
             checkpoint = _load_checkpoint_to_model(
@@ -615,7 +619,7 @@ class G2SDRunner(Runner):
 
         dataset_meta = getattr(self.train_dataloader.dataset, 'metainfo', None)
         if pickle.dumps(meta.get('dataset_meta', None)) != pickle.dumps(
-            _to_plain(dataset_meta, 'dataset_meta', strict=False)
+            _to_plain(dataset_meta, 'dataset_meta', refuse_other=False)
         ):
             self.logger.warning(
                 'The dataset metainfo from the resumed checkpoint is different from the current '
