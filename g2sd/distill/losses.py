@@ -169,10 +169,17 @@ def relation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> t
 
 
 # ------------------------------------------------------ task-specific distillation
-def _check_logits(student: torch.Tensor, teacher: torch.Tensor, what: str) -> None:
-    if student.ndim != 2 or student.shape != teacher.shape:
+def _check_same_shape(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    what: str,
+    noun: str = 'student and teacher logits',
+    layout: str = '(B, K)',
+) -> None:
+    """Refuse a student / teacher pair whose shapes differ or do not have ``layout``'s rank."""
+    if student.ndim != layout.count(',') + 1 or student.shape != teacher.shape:
         raise ValueError(
-            f'{what} needs student and teacher logits of the same shape (B, K), got '
+            f'{what} needs {noun} of the same shape {layout}, got '
             f'{tuple(student.shape)} and {tuple(teacher.shape)}'
         )
 
@@ -193,7 +200,7 @@ def hard_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> 
     Returns:
         Scalar loss (fp32).
     """
-    _check_logits(student_logits, teacher_logits, 'hard_kd_loss')
+    _check_same_shape(student_logits, teacher_logits, 'hard_kd_loss')
     return F.cross_entropy(student_logits.float(), teacher_logits.detach().argmax(dim=-1))
 
 
@@ -212,7 +219,7 @@ def soft_kd_loss(
     Returns:
         Scalar loss (fp32).
     """
-    _check_logits(student_logits, teacher_logits, 'soft_kd_loss')
+    _check_same_shape(student_logits, teacher_logits, 'soft_kd_loss')
     t = _check_temperature(temperature)
     log_s = F.log_softmax(student_logits.float() / t, dim=-1)
     log_t = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
@@ -259,7 +266,7 @@ def nkd_loss(
     Returns:
         Scalar loss (fp32).
     """
-    _check_logits(student_logits, teacher_logits, 'nkd_loss')
+    _check_same_shape(student_logits, teacher_logits, 'nkd_loss')
     t = _check_temperature(temperature)
     s, tl = student_logits.float(), teacher_logits.detach().float()
     b, k = s.shape
@@ -338,11 +345,7 @@ def channel_wise_divergence(
     Returns:
         Scalar loss (fp32).
     """
-    if student.ndim != 4 or student.shape != teacher.shape:
-        raise ValueError(
-            'channel_wise_divergence needs maps of the same shape (N, C, H, W), got '
-            f'{tuple(student.shape)} and {tuple(teacher.shape)}'
-        )
+    _check_same_shape(student, teacher, 'channel_wise_divergence', 'maps', '(N, C, H, W)')
     tau = _check_temperature(tau, 'tau')
     _check_form(form, _CWD_FORMS, 'channel_wise_divergence')
     n, c = student.shape[:2]
@@ -407,11 +410,7 @@ def masked_feature_mse(
     Returns:
         Scalar loss (fp32).
     """
-    if student.ndim != 4 or student.shape != teacher.shape:
-        raise ValueError(
-            'masked_feature_mse needs features of the same shape (N, C, H, W), got '
-            f'{tuple(student.shape)} and {tuple(teacher.shape)}'
-        )
+    _check_same_shape(student, teacher, 'masked_feature_mse', 'features', '(N, C, H, W)')
     m = _resolve_mask(mask, mask_logits, student)
     sq = (student.float() - teacher.detach().float()).pow(2).sum(dim=1)  # (N, H, W)
     return (sq * m).sum() / m.sum().clamp(min=eps)
@@ -444,11 +443,7 @@ def masked_bce_loss(
     Returns:
         Scalar loss (fp32).
     """
-    if student_logits.ndim != 4 or student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            'masked_bce_loss needs logits of the same shape (N, A, H, W), got '
-            f'{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}'
-        )
+    _check_same_shape(student_logits, teacher_logits, 'masked_bce_loss', 'logits', '(N, A, H, W)')
     _check_form(form, _BCE_FORMS, 'masked_bce_loss')
     t = teacher_logits.detach().float()
     m = _resolve_mask(mask, t if mask is None else None, student_logits)
