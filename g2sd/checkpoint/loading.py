@@ -307,6 +307,8 @@ def _load_strict(
 ) -> LoadReport:
     ready, report = _prepare(model, sd, **kwargs)
     report.dropped, report.fmt = list(base.dropped), base.fmt
+    # Not a lenient load: _prepare refused every key outside the allow-lists; allowed missing
+    # keys are absent from ``ready``, and the result is checked again below.
     result = model.load_state_dict(ready, strict=False)
     left = [k for k in result.missing_keys if k not in report.missing_allowed]
     if left or result.unexpected_keys:  # pragma: no cover - _prepare checked this
