@@ -16,6 +16,7 @@ leading ``+`` (``--cfg-options +model.foo=1``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import inspect
 import os
@@ -113,7 +114,7 @@ def _resolve_type(kind: Any, scope: str | None) -> type | None:
              'OPTIM_WRAPPERS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'PARAM_SCHEDULERS', 'METRICS',
              'EVALUATOR', 'VISUALIZERS', 'VISBACKENDS', 'MODEL_WRAPPERS', 'LOG_PROCESSORS',
              'FUNCTIONS')  # fmt: skip
-    ctx = DefaultScope.overwrite_default_scope(scope) if scope else _null()
+    ctx = DefaultScope.overwrite_default_scope(scope) if scope else contextlib.nullcontext()
     with ctx:
         for name in names:
             reg = getattr(mreg, name, None)
@@ -126,12 +127,13 @@ def _resolve_type(kind: Any, scope: str | None) -> type | None:
     return None
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
+def init_arguments(cls: type) -> tuple[list[str], bool]:
+    """Named ``__init__`` arguments of ``cls`` (no ``self``, no ``*args`` / ``**kwargs``),
+    and whether it also takes ``**kwargs``."""
+    params = inspect.signature(cls.__init__).parameters
+    var = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    named = [n for n, p in params.items() if n != 'self' and p.kind not in var]
+    return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _fields(node: Mapping[str, Any], path: str, scope: str | None) -> Any:
@@ -154,12 +156,10 @@ def _fields(node: Mapping[str, Any], path: str, scope: str | None) -> Any:
         return set() if kind is None else _ANY
     from mmengine.hooks import CheckpointHook
 
-    params = inspect.signature(cls.__init__).parameters
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named, var_kw = init_arguments(cls)
     if var_kw and not issubclass(cls, CheckpointHook):
         return _ANY
-    var = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
-    return {n for n, p in params.items() if n != 'self' and p.kind not in var} | set(_BUILDER_KEYS)
+    return set(named) | set(_BUILDER_KEYS)
 
 
 def check_cfg_options(cfg: Config, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -85,6 +85,7 @@ from g2sd.checkpoint import (
     load_pretrained,
 )
 from g2sd.engine import loops as g2sd_loops
+from g2sd.engine.cli import init_arguments
 
 __all__ = [
     'RESUME_HPARAMS',
@@ -365,10 +366,7 @@ class G2SDRunner(Runner):
                 return  # mmengine raises its own KeyError when building
         else:
             return
-        params = inspect.signature(cls.__init__).parameters
-        var = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
-        named = [n for n, p in params.items() if n != 'self' and p.kind not in var]
-        has_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        named, has_kwargs = init_arguments(cls)
         extra = [k for k in hook if k not in ('type', 'priority') and k not in named]
         if not extra:
             return
