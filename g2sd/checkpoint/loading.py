@@ -132,9 +132,15 @@ def _resample_pos_embeds(
             continue  # reported as a shape mismatch
         owner = _owner(model, key)
         is_decoder = key.rsplit('.', 1)[-1] == 'decoder_pos_embed'
+        # ViTDet-style backbones store the table at their pre-training grid, with a class
+        # slot of its own (pos_embed_grid / num_pos_prefix_tokens); plain ViTs at img_size.
         prefix = 1 if is_decoder else int(getattr(owner, 'num_prefix_tokens', 1))
-        patch_embed = getattr(owner, 'patch_embed', None)
-        new_grid = getattr(patch_embed, 'grid_size', None)
+        new_grid = None
+        if not is_decoder:
+            prefix = int(getattr(owner, 'num_pos_prefix_tokens', prefix))
+            new_grid = getattr(owner, 'pos_embed_grid', None)
+        if new_grid is None:
+            new_grid = getattr(getattr(owner, 'patch_embed', None), 'grid_size', None)
         if new_grid is None:
             side = math.isqrt(target.shape[1] - prefix)
             new_grid = (side, side)
@@ -461,6 +467,8 @@ def _use_backbone(model: nn.Module, fmt: str, sd: dict[str, torch.Tensor], sourc
     unexpected: tuple[str, ...] = ('head.*', 'fc_norm.*')
     if isinstance(getattr(model, 'norm', None), nn.Identity):
         unexpected += ('norm.*',)  # global-pool models use fc_norm instead (MAE fine-tune)
+    if getattr(model, 'cls_token', None) is None:
+        unexpected += ('cls_token',)  # ViTDet / BEiT backbones have no class token
     return UsePlan(enc, ('head.*', 'fc_norm.*', '*rel_pos_*'), unexpected, tuple(dropped))
 
 

@@ -10,6 +10,7 @@ import _compat_pickle
 import argparse
 import io
 import os
+import pickle
 import pickletools
 import re
 import zipfile
@@ -20,7 +21,7 @@ import torch
 
 from g2sd.checkpoint._common import CheckpointError, _first_line, _listing
 
-__all__ = ['MMEngineStateStub', 'load_file']
+__all__ = ['MMEngineStateStub', 'PLAIN_PICKLE_GLOBALS', 'load_file', 'load_plain_pickle']
 
 
 class MMEngineStateStub:
@@ -185,11 +186,138 @@ def _is_mmengine_state(names: Iterable[str]) -> bool:
     )
 
 
+def _plain_pickle_globals() -> dict[str, Any]:
+    """``module.name`` -> object admitted in plain (non-torch) pickles of numpy arrays.
+
+    detectron2's model-zoo ``.pkl`` files (``{'model': {name: numpy.ndarray}, '__author__':
+    ..., 'matching_heuristics': ...}``, read by detectron2 with ``pickle.load(f,
+    encoding='latin1')``) need numpy's array reconstruction only: ``_reconstruct`` (under
+    ``numpy.core`` before numpy 2, ``numpy._core`` since), ``numpy.ndarray``,
+    ``numpy.dtype`` and, for ``bytes`` written at pickle protocol 2, ``_codecs.encode``
+    (the same one ``torch.load(weights_only=True)`` admits). Everything else is refused.
+    """
+    import codecs
+
+    import numpy as np
+
+    multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
+    return {
+        'numpy.core.multiarray._reconstruct': multiarray._reconstruct,
+        'numpy._core.multiarray._reconstruct': multiarray._reconstruct,
+        'numpy.ndarray': np.ndarray,
+        'numpy.dtype': np.dtype,
+        '_codecs.encode': codecs.encode,
+    }
+
+
+#: Globals a plain ``.pkl`` checkpoint may name (numpy arrays and ``_codecs.encode``).
+PLAIN_PICKLE_GLOBALS = (
+    'numpy.core.multiarray._reconstruct',
+    'numpy._core.multiarray._reconstruct',
+    'numpy.ndarray',
+    'numpy.dtype',
+    '_codecs.encode',
+)
+
+
+class _RefusedGlobal:
+    """Inert stand-in for a refused global: calling, building or setting state does nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only :data:`PLAIN_PICKLE_GLOBALS` (plain containers otherwise).
+
+    Any other global is recorded in ``refused`` and replaced by the inert
+    :class:`_RefusedGlobal`, so every offending name is collected and nothing from the file
+    runs; the caller refuses the file when ``refused`` is not empty.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.admitted = _plain_pickle_globals()
+        self.refused: list[str] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = f'{module}.{name}'
+        if full in self.admitted:
+            return self.admitted[full]
+        self.refused.append(full)
+        return _RefusedGlobal
+
+
+def _numpy_to_torch(obj: Any, path: str) -> Any:
+    """Numpy arrays in nested dicts / lists / tuples -> CPU tensors (other leaves kept)."""
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in 'biufc':
+            raise CheckpointError(
+                f'{path!r}: numpy array of dtype {obj.dtype} cannot be a tensor (expected numbers)'
+            )
+        return torch.from_numpy(np.array(obj, copy=True, order='C'))
+    if isinstance(obj, dict):
+        return {k: _numpy_to_torch(v, path) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_numpy_to_torch(v, path) for v in obj)
+    return obj
+
+
+def load_plain_pickle(path: str | os.PathLike) -> Any:
+    """Read a plain pickle of numpy arrays (detectron2 ``.pkl``) safely; arrays -> tensors.
+
+    The unpickler resolves only :data:`PLAIN_PICKLE_GLOBALS` (``encoding='latin1'`` for
+    Python-2 pickles, as detectron2 reads them); any other global is replaced by an inert
+    stand-in and recorded (the trust policy of :class:`MMEngineStateStub`: nothing from the
+    file runs), and a file naming any is refused with all of them named. Numpy arrays
+    are converted to CPU tensors, so ``{'model': {name: ndarray}}`` becomes
+    ``{'model': {name: tensor}}``.
+
+    Args:
+        path: The ``.pkl`` file.
+
+    Returns:
+        The unpickled object with numpy arrays replaced by tensors.
+
+    Raises:
+        CheckpointError: Missing / unreadable file or a global that is not admitted.
+    """
+    path = os.fspath(path)
+    unpickler: _NumpyOnlyUnpickler | None = None
+    try:
+        with open(path, 'rb') as f:
+            unpickler = _NumpyOnlyUnpickler(f, encoding='latin1')
+            obj = unpickler.load()
+        error: BaseException | None = None
+    except Exception as e:  # corrupt bytes, or an admitted callable fed a refused stand-in
+        error = e
+    refused = list(dict.fromkeys(unpickler.refused)) if unpickler is not None else []
+    if refused:
+        raise CheckpointError(
+            f'{path!r} needs pickle globals that are not on the safe list: '
+            f'{_listing(sorted(refused))}; refused for safety (a plain .pkl may hold numpy '
+            'arrays and plain containers only; nothing from the file was run)'
+        ) from error
+    if error is not None:
+        raise CheckpointError(
+            f'{path!r} is not a readable pickle (truncated or corrupt?): '
+            f'{type(error).__name__}: {_first_line(error)}'
+        ) from error
+    return _numpy_to_torch(obj, path)
+
+
 def load_file(path: str | os.PathLike, *, trusted: bool = False) -> Any:
     """Read a checkpoint file safely on the CPU.
 
     Args:
-        path: ``.safetensors`` (read with safetensors) or a PyTorch file (any other suffix,
+        path: ``.safetensors`` (read with safetensors), a plain ``.pkl`` pickle of numpy
+            arrays (detectron2 model zoo; :func:`load_plain_pickle`, arrays become tensors)
+            or a PyTorch file (any other suffix, or a ``.pkl`` that is a torch zip file;
             read with ``torch.load(weights_only=True)``, ``argparse.Namespace`` allowed).
         trusted: The file is one of your own mmengine training checkpoints: also allow
             numpy arrays / scalars / dtypes and read mmengine's ``HistoryBuffer`` into inert
@@ -219,6 +347,12 @@ def load_file(path: str | os.PathLike, *, trusted: bool = False) -> Any:
                 f'{path!r} is not a readable safetensors file (truncated or corrupt?): '
                 f'{type(e).__name__}: {_first_line(e)}'
             ) from e
+    if path.endswith('.pkl') and not zipfile.is_zipfile(path):
+        obj = load_plain_pickle(path)
+        if not (isinstance(obj, int) and obj == torch.serialization.MAGIC_NUMBER):
+            return obj
+        # else a legacy (non-zip) torch file named .pkl (its first pickle is torch's magic
+        # number): read by torch below.
     allowed: list[Any] = [argparse.Namespace]
     if trusted:
         allowed += _mmengine_safe_globals()

@@ -33,6 +33,7 @@ from g2sd.distill.specific import (
     ConvAdapter,
     DistillModel,
     LinearAdapter,
+    MultiLevelConvAdapter,
     plain_student_state_dict,
 )
 from g2sd.models import MaskedAutoencoderViT, VisionTransformer
@@ -44,6 +45,7 @@ MODELS.register_module(name='MaskedAutoencoderViT', module=MaskedAutoencoderViT)
 __all__ = [
     'BaseGenericDistiller',
     'ConvAdapter',
+    'MultiLevelConvAdapter',
     'DMAEDistiller',
     'DistillModel',
     'DistillerBase',

@@ -132,9 +132,11 @@ def resolve_teacher_forward(spec: TeacherForward) -> TeacherForward:
 
     Args:
         spec: None (default forward), a method name of the teacher (``'extract_feat'``),
-            a callable ``fn(teacher, inputs, data_samples)``, ``'pkg.mod:fn'`` (imported) or
-            the name of a function registered in mmengine's ``FUNCTIONS`` registry
-            (``'g2sd.frs_teacher_forward'``; looked up when no teacher method has the name).
+            a callable ``fn(teacher, inputs, data_samples)``, ``'pkg.mod:fn'`` (imported),
+            a dotted ``'pkg.mod.fn'`` (imported when ``pkg.mod`` imports and has ``fn``,
+            e.g. ``'g2sd.det.rpn_teacher_forward'``) or the name of a function registered
+            in mmengine's ``FUNCTIONS`` registry (looked up when no teacher method has the
+            name).
 
     Returns:
         None, a method name (str) or a callable.
@@ -158,6 +160,15 @@ def resolve_teacher_forward(spec: TeacherForward) -> TeacherForward:
         if not callable(fn):
             raise TypeError(f'teacher_forward={spec!r} is not callable')
         return fn
+    if '.' in spec:
+        mod_name, fn_name = spec.rsplit('.', 1)
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError:
+            module = None
+        fn = getattr(module, fn_name, None)
+        if callable(fn):
+            return fn
     return spec
 
 

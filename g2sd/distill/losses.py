@@ -47,6 +47,7 @@ Tokens are (B, N, C); logits are (B, K); dense maps are (B, C, H, W); all losses
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -390,26 +391,71 @@ def _resolve_mask(
     return m
 
 
+Levels = torch.Tensor | Sequence[torch.Tensor]
+
+
+def _levels(
+    what: str, student: Levels, teacher: Levels, **others: Levels | None
+) -> list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor | None]]] | None:
+    """Per-level argument tuples when ``student`` is a list / tuple of levels, else None.
+
+    Raises:
+        TypeError: A list student with a non-list teacher / mask (or the reverse).
+        ValueError: Lists of different lengths, or an empty list.
+    """
+    multi = isinstance(student, (list, tuple))
+    given = {'teacher': teacher, **{k: v for k, v in others.items() if v is not None}}
+    for name, value in given.items():
+        if isinstance(value, (list, tuple)) != multi:
+            raise TypeError(
+                f'{what}: student is {"a list of levels" if multi else "one tensor"} but '
+                f'{name} is {type(value).__name__}; give both per level or both as one tensor'
+            )
+    if not multi:
+        return None
+    n = len(student)
+    if n == 0:
+        raise ValueError(f'{what}: student has no levels')
+    for name, value in given.items():
+        if len(value) != n:
+            raise ValueError(f'{what}: student has {n} levels, {name} has {len(value)}')
+    return [
+        (
+            student[i],
+            teacher[i],
+            {k: (None if v is None else v[i]) for k, v in others.items()},
+        )
+        for i in range(n)
+    ]
+
+
 def masked_feature_mse(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    mask_logits: torch.Tensor | None = None,
+    student: Levels,
+    teacher: Levels,
+    mask: Levels | None = None,
+    mask_logits: Levels | None = None,
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """FRS feature loss ``sum_{n,c,h,w} m (T - S)^2 / sum_{n,h,w} m``.
 
+    Not divided by the channels (``G2SD_det_dis/tools/plain_distill_net.py``). With lists
+    of per-level tensors (FPN levels), the per-level terms, each normalised by its own
+    ``sum m_l``, are summed.
+
     Args:
-        student: (N, C, H, W) adapted student features.
-        teacher: (N, C, H, W) teacher features.
-        mask: (N, H, W) (or (N, 1, H, W)) weights, e.g. :func:`richness_mask`.
-        mask_logits: (N, A, H, W) teacher objectness logits; the mask is
-            :func:`richness_mask` of them. Give ``mask`` or ``mask_logits``.
+        student: (N, C, H, W) adapted student features, or a list of them per level.
+        teacher: (N, C, H, W) teacher features (or a list per level).
+        mask: (N, H, W) (or (N, 1, H, W)) weights, e.g. :func:`richness_mask` (or a list).
+        mask_logits: (N, A, H, W) teacher objectness logits (or a list per level); the mask
+            is :func:`richness_mask` of them. Give ``mask`` or ``mask_logits``.
         eps: Lower bound of the normaliser.
 
     Returns:
         Scalar loss (fp32).
     """
+    per_level = _levels('masked_feature_mse', student, teacher, mask=mask, mask_logits=mask_logits)
+    if per_level is not None:
+        return sum(masked_feature_mse(s, t, eps=eps, **kw) for s, t, kw in per_level)  # type: ignore[return-value]
     _check_same_shape(student, teacher, 'masked_feature_mse', 'features', '(N, C, H, W)')
     m = _resolve_mask(mask, mask_logits, student)
     sq = (student.float() - teacher.detach().float()).pow(2).sum(dim=1)  # (N, H, W)
@@ -417,9 +463,9 @@ def masked_feature_mse(
 
 
 def masked_bce_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    mask: torch.Tensor | None = None,
+    student_logits: Levels,
+    teacher_logits: Levels,
+    mask: Levels | None = None,
     eps: float = 1e-6,
     form: Literal['prob', 'logits'] = 'prob',
 ) -> torch.Tensor:
@@ -433,16 +479,23 @@ def masked_bce_loss(
     log-sigmoid; the same value on ordinary logits, 8.5 in that example). Computed in fp32
     outside autocast (CUDA autocast refuses ``binary_cross_entropy``).
 
+    With lists of per-level tensors (RPN levels), the per-level terms, each normalised by
+    its own ``sum m_l``, are summed.
+
     Args:
-        student_logits: (N, A, H, W) student objectness logits.
-        teacher_logits: (N, A, H, W) teacher objectness logits.
-        mask: (N, H, W) weights; default :func:`richness_mask` of ``teacher_logits``.
+        student_logits: (N, A, H, W) student objectness logits, or a list per level.
+        teacher_logits: (N, A, H, W) teacher objectness logits (or a list per level).
+        mask: (N, H, W) weights (or a list); default :func:`richness_mask` of
+            ``teacher_logits``.
         eps: Lower bound of the normaliser.
         form: ``'prob'`` (official, default) or ``'logits'``.
 
     Returns:
         Scalar loss (fp32).
     """
+    per_level = _levels('masked_bce_loss', student_logits, teacher_logits, mask=mask)
+    if per_level is not None:
+        return sum(masked_bce_loss(s, t, kw['mask'], eps=eps, form=form) for s, t, kw in per_level)  # type: ignore[return-value]
     _check_same_shape(student_logits, teacher_logits, 'masked_bce_loss', 'logits', '(N, A, H, W)')
     _check_form(form, _BCE_FORMS, 'masked_bce_loss')
     t = teacher_logits.detach().float()
@@ -650,12 +703,15 @@ class MaskedFeatureMSELoss(_WeightedLoss):
 
     def forward(
         self,
-        student: torch.Tensor,
-        teacher: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        mask_logits: torch.Tensor | None = None,
+        student: Levels,
+        teacher: Levels,
+        mask: Levels | None = None,
+        mask_logits: Levels | None = None,
     ) -> torch.Tensor:
-        """(N, C, H, W) features and a mask (or teacher objectness logits) -> scalar loss."""
+        """(N, C, H, W) features and a mask (or teacher objectness logits) -> scalar loss.
+
+        Lists of per-level tensors give the sum of the per-level normalised terms.
+        """
         return self.loss_weight * masked_feature_mse(student, teacher, mask, mask_logits)
 
 
@@ -673,10 +729,11 @@ class MaskedBCELoss(_WeightedLoss):
         super().__init__(loss_weight)
         self.form = _check_form(form, _BCE_FORMS, 'MaskedBCELoss')
 
-    def forward(
-        self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """(N, A, H, W) objectness logits (and an optional mask) -> scalar loss."""
+    def forward(self, student: Levels, teacher: Levels, mask: Levels | None = None) -> torch.Tensor:
+        """(N, A, H, W) objectness logits (and an optional mask) -> scalar loss.
+
+        Lists of per-level tensors give the sum of the per-level normalised terms.
+        """
         return self.loss_weight * masked_bce_loss(student, teacher, mask, form=self.form)
 
     def extra_repr(self) -> str:

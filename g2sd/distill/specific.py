@@ -77,6 +77,7 @@ __all__ = [
     'ConvAdapter',
     'DistillModel',
     'LinearAdapter',
+    'MultiLevelConvAdapter',
     'plain_student_state_dict',
 ]
 
@@ -164,6 +165,51 @@ class ConvAdapter(nn.Conv2d):
         if kernel_size % 2 != 1:
             raise ValueError(f'kernel_size must be odd, got {kernel_size}')
         super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+
+
+@MODELS.register_module()
+class MultiLevelConvAdapter(nn.Module):
+    """One :class:`ConvAdapter` per pyramid level (G2SD detection SD, FRS).
+
+    The official ``ADAP`` (``G2SD_det_dis/detectron2/modeling/distill/adap.py``): one
+    kxk conv with bias per FPN level, no activation, PyTorch's default conv init. Keys
+    ``convs.{l}.weight`` / ``convs.{l}.bias``. Shapes: a list / tuple of ``num_levels``
+    maps (B, C_in, H_l, W_l) -> a list of (B, C_out, H_l, W_l).
+
+    Args:
+        in_channels: Student channels (G2SD: 256).
+        out_channels: Teacher channels (G2SD: 256).
+        num_levels: Number of levels (G2SD: 5, P2..P6).
+        kernel_size: Odd kernel size (G2SD: 3).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, num_levels: int, kernel_size: int = 3
+    ) -> None:
+        super().__init__()
+        if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
+            raise ValueError(f'num_levels must be an int >= 1, got {num_levels!r}')
+        self.convs = nn.ModuleList(
+            ConvAdapter(in_channels, out_channels, kernel_size) for _ in range(num_levels)
+        )
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Adapt each level with its own conv.
+
+        Raises:
+            TypeError: ``feats`` is not a list / tuple of maps.
+            ValueError: ``feats`` has another number of levels.
+        """
+        if not isinstance(feats, (list, tuple)):
+            raise TypeError(
+                f'MultiLevelConvAdapter needs a list / tuple of per-level maps, got '
+                f'{type(feats).__name__}'
+            )
+        if len(feats) != len(self.convs):
+            raise ValueError(
+                f'MultiLevelConvAdapter was built for {len(self.convs)} levels, got {len(feats)}'
+            )
+        return [conv(f) for conv, f in zip(self.convs, feats)]
 
 
 @MODELS.register_module()

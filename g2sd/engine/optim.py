@@ -13,6 +13,15 @@ Config::
         optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999)),
         paramwise_cfg=dict(layer_decay_rate=0.75, no_weight_decay=('rel_pos',)),
     )
+
+ViTDet detection (detectron2's weight decay: norms and ``pos_embed`` 0, biases decayed)::
+
+    optim_wrapper = dict(
+        type='AmpOptimWrapper',
+        constructor='g2sd.LayerDecayOptimWrapperConstructor',
+        optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05, betas=(0.9, 0.999)),
+        paramwise_cfg=dict(layer_decay_rate=0.7, weight_decay_rule='detectron2'),
+    )
 """
 
 from __future__ import annotations
@@ -36,7 +45,9 @@ from g2sd.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 
 __all__ = ['CPUAmpOptimWrapper', 'LayerDecayOptimWrapperConstructor', 'format_group_table']
 
-_PARAMWISE_KEYS = frozenset({'layer_decay_rate', 'no_weight_decay', 'custom_keys'})
+_PARAMWISE_KEYS = frozenset(
+    {'layer_decay_rate', 'no_weight_decay', 'custom_keys', 'weight_decay_rule'}
+)
 
 
 def format_group_table(groups: list[dict[str, Any]]) -> str:
@@ -65,8 +76,10 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         optim_wrapper_cfg: The ``optim_wrapper`` config; ``optimizer.lr`` is the top-layer
             lr and ``optimizer.weight_decay`` the decay of decayed groups.
         paramwise_cfg: ``dict(layer_decay_rate=float, no_weight_decay=tuple[str, ...],
-            custom_keys=dict[str, dict(lr_mult=..., decay_mult=...)])``;
-            ``layer_decay_rate`` is required.
+            custom_keys=dict[str, dict(lr_mult=..., decay_mult=...)],
+            weight_decay_rule='default' | 'detectron2' | 'detectron2_all_norms')``;
+            ``layer_decay_rate`` is required (see
+            :func:`g2sd.optim.layer_decay_param_groups`).
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
@@ -94,6 +107,7 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             layer_decay_rate=float(self.paramwise_cfg['layer_decay_rate']),
             no_weight_decay=tuple(self.paramwise_cfg.get('no_weight_decay', ())),
             custom_keys=self.paramwise_cfg.get('custom_keys'),
+            weight_decay_rule=self.paramwise_cfg.get('weight_decay_rule', 'default'),
         )
         if is_main_process():
             print_log(

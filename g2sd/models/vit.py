@@ -27,6 +27,7 @@ from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from g2sd.layers.pos_embed import get_2d_sincos_pos_embed, resample_pos_embed, to_2tuple
@@ -516,6 +517,14 @@ class VisionTransformer(nn.Module):
         init_values: Layer-scale initial value (BEiT: 0.1); None: no layer scale.
         final_norm: Build the final ``norm`` (False: ViTDet / BEiT-style backbones, no
             ``norm.*`` keys).
+        pretrain_img_size: Image size of the stored absolute position table (detectron2
+            ViTDet: 224 for a 1024 px detector); its square grid ``pretrain_img_size / p``
+            is resampled to the input grid at every forward (drop the class slot, bicubic,
+            ``align_corners=False``: detectron2's ``get_abs_pos``). None: ``img_size``.
+        pretrain_use_cls_token: The stored table keeps a leading class slot even without a
+            class token (detectron2's layout (1, 1 + H*W, C)); it is never added to a token.
+        act_checkpoint: Activation checkpointing per block (``torch.utils.checkpoint``,
+            non-reentrant) in training mode with gradients enabled.
 
     Shapes:
         ``forward_features``: (B, C_in, H, W) -> (B, 1 + N, C) (N = H*W / p^2).
@@ -547,8 +556,25 @@ class VisionTransformer(nn.Module):
         use_rel_pos_bias: bool = False,
         init_values: float | None = None,
         final_norm: bool = True,
+        pretrain_img_size: int | None = None,
+        pretrain_use_cls_token: bool = False,
+        act_checkpoint: bool = False,
     ) -> None:
         super().__init__()
+        if pretrain_img_size is not None and (
+            isinstance(pretrain_img_size, bool)
+            or not isinstance(pretrain_img_size, int)
+            or pretrain_img_size < 1
+        ):
+            raise ValueError(
+                f'pretrain_img_size must be a positive int or None, got {pretrain_img_size!r}'
+            )
+        if not isinstance(pretrain_use_cls_token, bool):
+            raise ValueError(
+                f'pretrain_use_cls_token must be a bool, got {pretrain_use_cls_token!r}'
+            )
+        if not isinstance(act_checkpoint, bool):
+            raise ValueError(f'act_checkpoint must be a bool, got {act_checkpoint!r}')
         if global_pool not in ('token', 'avg', ''):
             raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
         if global_pool == 'token' and not class_token:
@@ -598,10 +624,27 @@ class VisionTransformer(nn.Module):
         self.use_rel_pos_bias = use_rel_pos_bias
         self.init_values = init_values
 
+        self.act_checkpoint = act_checkpoint
+        self.pretrain_img_size = pretrain_img_size
+        self.pretrain_use_cls_token = pretrain_use_cls_token
+
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.patch_size = self.patch_embed.patch_size
+        if pretrain_img_size is None:
+            pos_grid = self.patch_embed.grid_size
+        else:
+            ph, pw = self.patch_size
+            if pretrain_img_size % ph or pretrain_img_size % pw:
+                raise ValueError(
+                    f'pretrain_img_size {pretrain_img_size} must be divisible by patch_size '
+                    f'{self.patch_size}'
+                )
+            pos_grid = (pretrain_img_size // ph, pretrain_img_size // pw)
+        #: Grid (H, W) of the stored ``pos_embed`` and its leading (class) slots.
+        self.pos_embed_grid: tuple[int, int] = pos_grid
+        self.num_pos_prefix_tokens = 1 if class_token or pretrain_use_cls_token else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        num_pos = self.patch_embed.num_patches + self.num_prefix_tokens
+        num_pos = pos_grid[0] * pos_grid[1] + self.num_pos_prefix_tokens
         self.pos_embed = nn.Parameter(
             torch.zeros(1, num_pos, embed_dim), requires_grad=pos_embed == 'learn'
         )
@@ -655,8 +698,9 @@ class VisionTransformer(nn.Module):
 
         Relative-position tables and biases start at zero, layer scales at ``init_values``.
         """
-        grid = self.patch_embed.grid_size
-        pe = get_2d_sincos_pos_embed(self.embed_dim, grid, cls_token=self.cls_token is not None)
+        pe = get_2d_sincos_pos_embed(
+            self.embed_dim, self.pos_embed_grid, cls_token=self.num_pos_prefix_tokens > 0
+        )
         with torch.no_grad():
             self.pos_embed.copy_(pe.unsqueeze(0))
         w = self.patch_embed.proj.weight
@@ -730,21 +774,34 @@ class VisionTransformer(nn.Module):
         """Patch grid (H/p, W/p) of an image batch (B, C, H, W)."""
         return (x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1])
 
+    def _resample_stored_pos(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The stored table resampled to ``grid``, unused leading slots dropped: (1, P + H*W, C).
+
+        detectron2's ``get_abs_pos``: the class slot is set aside, the square grid is
+        resampled bicubically (``align_corners=False``) when it differs from ``grid``.
+        """
+        pe = resample_pos_embed(
+            self.pos_embed, grid, self.num_pos_prefix_tokens, self.pos_embed_grid
+        )
+        drop = self.num_pos_prefix_tokens - self.num_prefix_tokens
+        return pe[:, drop:] if drop else pe
+
     def get_pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
-        """Position embedding (1, P + H*W, C) for a patch grid, resampled and cached if needed."""
-        if tuple(grid) == self.patch_embed.grid_size:
-            return self.pos_embed
-        if self.pos_embed.requires_grad and self.training:
-            return resample_pos_embed(
-                self.pos_embed, grid, self.num_prefix_tokens, self.patch_embed.grid_size
-            )
+        """Position embedding (1, P + H*W, C) for a patch grid, resampled and cached if needed.
+
+        P is ``num_prefix_tokens`` (a stored class slot without class token is dropped).
+        In training mode with a trainable table the resampling keeps the gradient and runs
+        at every forward; otherwise the result is cached per grid.
+        """
         key = tuple(grid)
+        if key == self.pos_embed_grid:
+            return self._resample_stored_pos(key)
+        if self.pos_embed.requires_grad and self.training:
+            return self._resample_stored_pos(key)
         cached = self._pos_cache.get(key)
         if cached is None or cached.device != self.pos_embed.device:
             with torch.no_grad():
-                cached = resample_pos_embed(
-                    self.pos_embed, grid, self.num_prefix_tokens, self.patch_embed.grid_size
-                )
+                cached = self._resample_stored_pos(key)
             self._pos_cache[key] = cached
         return cached
 
@@ -829,7 +886,7 @@ class VisionTransformer(nn.Module):
         qkv_blocks: Sequence[int] = (),
         taps: Sequence[int] = (),
     ) -> tuple[torch.Tensor, dict[int, QKV], dict[int, torch.Tensor]]:
-        """The one block loop.
+        """The one block loop (activation-checkpointed per block with ``act_checkpoint``).
 
         Args:
             x: Block input (B, T, C) from :meth:`prepare_tokens`.
@@ -846,11 +903,18 @@ class VisionTransformer(nn.Module):
         tap = set(taps)
         qkv: dict[int, QKV] = {}
         outs: dict[int, torch.Tensor] = {}
+        ckpt = self.act_checkpoint and self.training and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks[: n if stop is None else stop]):
-            if i in wanted:
-                x, qkv[i] = blk(x, return_qkv=True, grid=grid)
+            if ckpt:
+                out = torch.utils.checkpoint.checkpoint(
+                    blk, x, return_qkv=i in wanted, grid=grid, use_reentrant=False
+                )
             else:
-                x = blk(x, grid=grid)
+                out = blk(x, return_qkv=i in wanted, grid=grid)
+            if i in wanted:
+                x, qkv[i] = out
+            else:
+                x = out
             if i in tap:
                 outs[i] = x
         return x, qkv, outs

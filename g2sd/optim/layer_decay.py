@@ -16,11 +16,40 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
-__all__ = ['BACKBONE_ATTRS', 'find_layer_depth_module', 'layer_decay_param_groups']
+__all__ = [
+    'BACKBONE_ATTRS',
+    'DETECTRON2_NORM_TYPES',
+    'WEIGHT_DECAY_RULES',
+    'find_layer_depth_module',
+    'layer_decay_param_groups',
+]
+
+#: ``weight_decay_rule`` values of :func:`layer_decay_param_groups`.
+WEIGHT_DECAY_RULES = ('default', 'detectron2', 'detectron2_all_norms')
+
+#: detectron2's ``norm_module_types`` (``detectron2/solver/build.py``,
+#: ``get_default_optimizer_params``): parameters of these modules get ``weight_decay_norm``.
+#: detectron2's own channel ``LayerNorm`` (SimpleFeaturePyramid, ViTDet heads) is a plain
+#: ``nn.Module``, not listed, so it is decayed there.
+DETECTRON2_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+
+#: mmcv's ``_abbr_`` of norm layers (``g2sd.LN2d`` has ``'ln'``).
+_NORM_ABBRS = frozenset({'bn', 'gn', 'ln', 'in'})
 
 #: Attribute names followed, in this order, when looking for the module that defines
 #: ``get_layer_depth``: DDP wrapper -> model wrapper -> student -> backbone -> encoder.
@@ -92,6 +121,27 @@ def _match_custom(name: str, custom_keys: Mapping[str, Mapping[str, float]]) -> 
     return dict(custom_keys[max(hits, key=len)])
 
 
+def _is_norm(module: nn.Module, all_norms: bool) -> bool:
+    if isinstance(module, DETECTRON2_NORM_TYPES):
+        return True
+    return all_norms and getattr(type(module), '_abbr_', None) in _NORM_ABBRS
+
+
+def _detectron2_no_decay(model: nn.Module, all_norms: bool) -> set[int]:
+    """Ids of parameters detectron2's ViTDet recipe does not decay.
+
+    ``weight_decay_norm=0`` (parameters owned by a norm module) and the override
+    ``{'pos_embed': {'weight_decay': 0.0}}`` (matched on the parameter's own name).
+    """
+    ids: set[int] = set()
+    for module in model.modules():
+        norm = _is_norm(module, all_norms)
+        for leaf, param in module.named_parameters(recurse=False):
+            if norm or leaf == 'pos_embed':
+                ids.add(id(param))
+    return ids
+
+
 def layer_decay_param_groups(
     model: nn.Module,
     *,
@@ -100,6 +150,7 @@ def layer_decay_param_groups(
     layer_decay_rate: float,
     no_weight_decay: Iterable[str] = (),
     custom_keys: Mapping[str, Mapping[str, float]] | None = None,
+    weight_decay_rule: Literal['default', 'detectron2', 'detectron2_all_norms'] = 'default',
 ) -> list[dict[str, Any]]:
     """Parameter groups with layer-wise lr decay and the usual weight-decay exemptions.
 
@@ -120,6 +171,16 @@ def layer_decay_param_groups(
     match on the full parameter name). Parameters with ``requires_grad=False`` are left
     out.
 
+    ``weight_decay_rule='detectron2'`` follows detectron2's ViTDet recipe instead
+    (``get_default_optimizer_params(weight_decay_norm=0)`` plus the ``pos_embed`` override
+    of ``projects/ViTDet/configs``): weight decay is 0 exactly for parameters of the
+    :data:`DETECTRON2_NORM_TYPES` modules (the ViT's LayerNorms, BN / GN of heads) and for
+    parameters named ``pos_embed``; biases, ``rel_pos_h`` / ``rel_pos_w`` and other 1-D
+    parameters are decayed; ``no_weight_decay`` substrings still apply.
+    ``'detectron2_all_norms'`` also exempts modules whose class has an mmcv norm ``_abbr_``
+    (``'ln'``, ``'bn'``, ``'gn'``, ``'in'``), i.e. ``g2sd.LN2d`` of the neck and heads, which
+    detectron2's own channel LayerNorm (not in its list) does not get.
+
     Args:
         model: The model to optimise (possibly DDP-wrapped).
         base_lr: Learning rate of the top layer.
@@ -128,6 +189,9 @@ def layer_decay_param_groups(
         no_weight_decay: Extra substrings of parameter names exempt from weight decay.
         custom_keys: ``{substring: dict(lr_mult=..., decay_mult=...)}``; the longest
             substring contained in a parameter name wins; multiplies lr and weight decay.
+        weight_decay_rule: ``'default'`` (timm / MAE: no decay on 1-D, biases and
+            ``no_weight_decay()`` names), ``'detectron2'`` or ``'detectron2_all_norms'``
+            (see above).
 
     Returns:
         One dict per (layer id, weight decay, lr multiplier) with keys ``params``, ``lr``,
@@ -135,8 +199,8 @@ def layer_decay_param_groups(
         ordered by layer id (decayed group first).
 
     Raises:
-        ValueError: ``layer_decay_rate`` outside (0, 1], negative lr / weight decay, or a
-            layer id outside ``[0, num_layers)``.
+        ValueError: ``layer_decay_rate`` outside (0, 1], negative lr / weight decay, an
+            unknown ``weight_decay_rule``, or a layer id outside ``[0, num_layers)``.
         TypeError: No module defines ``get_layer_depth``, or a bad ``custom_keys`` entry.
     """
     if not 0.0 < layer_decay_rate <= 1.0:
@@ -145,6 +209,10 @@ def layer_decay_param_groups(
         raise ValueError(f'base_lr must be >= 0, got {base_lr!r}')
     if weight_decay < 0:
         raise ValueError(f'weight_decay must be >= 0, got {weight_decay!r}')
+    if weight_decay_rule not in WEIGHT_DECAY_RULES:
+        raise ValueError(
+            f'weight_decay_rule must be one of {WEIGHT_DECAY_RULES}, got {weight_decay_rule!r}'
+        )
     if isinstance(no_weight_decay, str):
         no_weight_decay = (no_weight_decay,)
     extra_no_wd = tuple(no_weight_decay)
@@ -158,6 +226,11 @@ def layer_decay_param_groups(
     walk = _walk(model, max_depth=8)
     backbone, prefix = walk.module, walk.prefix
     model_no_wd = _no_decay_names(walk)
+    d2_no_wd = (
+        None
+        if weight_decay_rule == 'default'
+        else _detectron2_no_decay(model, weight_decay_rule == 'detectron2_all_norms')
+    )
     num_layers = backbone.get_layer_depth(next(iter(dict(backbone.named_parameters())), ''))[1]
 
     groups: dict[tuple[int, float, float], dict[str, Any]] = {}
@@ -177,12 +250,15 @@ def layer_decay_param_groups(
             layer_id = num_layers - 1
         if not 0 <= layer_id < num_layers:
             raise ValueError(f'layer id {layer_id} of {name!r} is outside [0, {num_layers})')
-        no_wd = (
-            param.ndim <= 1
-            or name.endswith('.bias')
-            or name in model_no_wd
-            or any(s in name for s in extra_no_wd)
-        )
+        if d2_no_wd is None:
+            no_wd = (
+                param.ndim <= 1
+                or name.endswith('.bias')
+                or name in model_no_wd
+                or any(s in name for s in extra_no_wd)
+            )
+        else:
+            no_wd = id(param) in d2_no_wd or any(s in name for s in extra_no_wd)
         custom = _match_custom(name, custom_keys)
         lr_mult = float(custom.get('lr_mult', 1.0))
         wd = 0.0 if no_wd else weight_decay * float(custom.get('decay_mult', 1.0))
