@@ -103,11 +103,12 @@ def test_paper_recipe(path: Path) -> None:
     bbox_head, mask_head = student['roi_head']['bbox_head'], student['roi_head']['mask_head']
     assert bbox_head['type'] == 'mmdet.Shared4Conv1FCBBoxHead'
     assert (bbox_head['conv_out_channels'], bbox_head['fc_out_channels']) == (256, 1024)
-    assert bbox_head['norm_cfg'] == mask_head['norm_cfg'] == dict(type='g2sd.LN2d')
+    assert bbox_head['norm_cfg'] == mask_head['norm_cfg'] == dict(type='g2sd.LN2d', eps=1e-6)
     opt = cfg.optim_wrapper
     assert opt.optimizer == dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
     assert opt.constructor == 'g2sd.LayerDecayOptimWrapperConstructor'
-    assert opt.paramwise_cfg.layer_decay_rate == 0.7 and opt.type == 'OptimWrapper'
+    assert opt.paramwise_cfg == dict(layer_decay_rate=0.7, weight_decay_rule='detectron2')
+    assert opt.type == 'OptimWrapper'
     assert cfg.train_cfg.max_iters == 184375 and cfg.train_cfg.val_interval == 5000
     warm, steps = cfg.param_scheduler
     assert (warm.type, warm.start_factor, warm.end) == ('LinearLR', 0.001, 250)
