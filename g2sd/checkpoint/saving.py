@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +20,11 @@ logger = logging.getLogger(__name__)
 
 
 def atomic_save(
-    obj: Any, path: str | os.PathLike, *, metadata: Mapping[str, str] | None = None
+    obj: Any,
+    path: str | os.PathLike,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    plain_pickle: bool = False,
 ) -> None:
     """Write ``obj`` to ``path`` atomically: the one atomic write of g2sd.
 
@@ -30,9 +35,13 @@ def atomic_save(
 
     Args:
         obj: A tensor container for ``torch.save``, or for a ``.safetensors`` path a flat
-            ``{name: tensor}`` dict (written with safetensors).
+            ``{name: tensor}`` dict (written with safetensors), or with ``plain_pickle``
+            plain data such as numpy arrays.
         path: Output file.
         metadata: String metadata of a ``.safetensors`` file.
+        plain_pickle: Write ``pickle.dump(obj, protocol=4)`` instead of ``torch.save``
+            (detectron2's model-zoo ``.pkl`` format, read back by
+            :func:`g2sd.checkpoint.load_file`'s restricted unpickler).
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -44,7 +53,10 @@ def atomic_save(
             _write_safetensors(obj, tmp, dict(metadata or {}))
         else:
             with open(tmp, 'wb') as f:
-                torch.save(obj, f)
+                if plain_pickle:
+                    pickle.dump(obj, f, protocol=4)
+                else:
+                    torch.save(obj, f)
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -31,10 +31,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
-import pickle
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -67,23 +64,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help='refuse mmengine training state (HistoryBuffer, numpy data) in the input',
     )
     return parser.parse_args(argv)
-
-
-def _write_pickle(obj: Any, path: str) -> None:
-    """Plain pickle written like :func:`g2sd.checkpoint.atomic_save` (temp file + replace)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp-{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            pickle.dump(obj, f, protocol=4)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 def export(
@@ -138,9 +118,9 @@ def export(
             k: (v.float() if v.dtype == torch.bfloat16 else v).detach().cpu().numpy()
             for k, v in out.items()
         }
-        _write_pickle(payload, dst)
     else:
-        atomic_save({**payload, 'model': out}, dst)
+        payload['model'] = out
+    atomic_save(payload, dst, plain_pickle=dst.endswith('.pkl'))
     logger.info(
         'exported %d tensors from %s -> %s; dropped: %s',
         len(out),
