@@ -3,7 +3,7 @@
 #
 #   make setup     create / update .venv (first time on a fresh machine: ~10 min, mmcv compile)
 #   make test      setup, then pytest (PYTEST_ARGS='-k vit -x' to narrow; exit code is pytest's)
-#   make demo      setup, then tools/demo.py + demo_cls.py + demo_det.py (DEMO_ARGS, DEMO_CLS_ARGS, DEMO_DET_ARGS)
+#   make demo      setup, then tools/demo.py + demo_cls/det/seg.py (DEMO_ARGS, DEMO_{CLS,DET,SEG}_ARGS)
 #   make lint      ruff check + ruff format --check
 #   make format    ruff format + ruff check --fix
 #   make clean     remove caches and run outputs (keeps .venv); make distclean also drops .venv
@@ -18,6 +18,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 DEMO_CLS_ARGS ?=
 DEMO_DET_ARGS ?=
+DEMO_SEG_ARGS ?=
 RUFF_PATHS ?= .
 
 .PHONY: help setup test demo lint format clean distclean
@@ -44,6 +45,7 @@ demo: setup
 	$(PY) tools/demo.py $(DEMO_ARGS)
 	$(PY) tools/demo_cls.py $(DEMO_CLS_ARGS)
 	$(PY) tools/demo_det.py $(DEMO_DET_ARGS)
+	$(PY) tools/demo_seg.py $(DEMO_SEG_ARGS)
 
 lint: setup
 	$(PY) -m ruff check $(RUFF_PATHS)

@@ -74,6 +74,22 @@ def train(config: str, work_dir: Path, options: list[str]) -> float:
     return run_logged(cmd, work_dir / 'run.log')
 
 
+def last_checkpoint(work_dir: Path) -> Path:
+    """The checkpoint mmengine's ``last_checkpoint`` file in ``work_dir`` names."""
+    marker = work_dir / 'last_checkpoint'
+    if not marker.exists():
+        raise SystemExit(f'no last_checkpoint in {work_dir}: the run saved nothing')
+    return Path(marker.read_text().strip())
+
+
+def evaluate_checkpoint(config: str, ckpt: Path, out: Path, extra: list[str]) -> dict:
+    """``tools/test.py CONFIG CKPT`` in a subprocess (log next to ``out``); its test metrics."""
+    cmd = [sys.executable, str(REPO / 'tools' / 'test.py'), str(REPO / config), str(ckpt)]
+    cmd += ['--work-dir', str(out.parent / 'test'), '--out', str(out), '--cfg-options', *extra]
+    run_logged(cmd, out.parent / 'test.log')
+    return json.loads(out.read_text())['test']
+
+
 def schedule_options(epochs: int, samples: int, batch: int) -> list[str]:
     """cfg-options for a run of ``epochs`` on ``samples`` images (the schedule follows)."""
     return [

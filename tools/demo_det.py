@@ -25,14 +25,18 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'tools'))
-from demo import run_logged, train  # noqa: E402  (the one subprocess runner of the demos)
+from demo import (  # noqa: E402  (the one subprocess runner of the demos)
+    evaluate_checkpoint,
+    last_checkpoint,
+    run_logged,
+    train,
+)
 
 DET_TEACHER = REPO / 'checkpoints' / 'fmnist_vitdet-teacher.pth'
 MAE_TEACHER = REPO / 'checkpoints' / 'fmnist_mae_vit-teacher.pth'
@@ -103,22 +107,6 @@ def data_options(root: Path) -> list[str]:
     ]
 
 
-def last_checkpoint(work_dir: Path) -> Path:
-    """The checkpoint mmengine's ``last_checkpoint`` file names."""
-    marker = work_dir / 'last_checkpoint'
-    if not marker.exists():
-        raise SystemExit(f'no last_checkpoint in {work_dir}: the run saved nothing')
-    return Path(marker.read_text().strip())
-
-
-def test(config: str, ckpt: Path, out: Path, extra: list[str]) -> dict:
-    """``tools/test.py`` on the val canvases; returns its metrics."""
-    cmd = [sys.executable, str(REPO / 'tools' / 'test.py'), str(REPO / config), str(ckpt)]
-    cmd += ['--work-dir', str(out.parent / 'test'), '--out', str(out), '--cfg-options', *extra]
-    run_logged(cmd, out.parent / 'test.log')
-    return json.loads(out.read_text())['test']
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = parse_args(argv)
@@ -152,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         teacher_ckpt = last_checkpoint(teacher_dir)
     else:
         logger.info('using the shipped detection teacher %s', teacher_ckpt)
-    results = {teacher_row: test(TEACHER_CFG, teacher_ckpt, teacher_dir / 'test.json', dopts)}
+    results = {
+        teacher_row: evaluate_checkpoint(
+            TEACHER_CFG, teacher_ckpt, teacher_dir / 'test.json', dopts
+        )
+    }
 
     for name, config, init, distilled in ROWS:
         wd = det_dir / name.lower().replace(' ', '_').replace('/', '')
@@ -163,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             extra, init_opt = [], f'model.backbone.pretrained={students[init]}'
         opts = dopts + length_options(args.iters) + extra + [init_opt]
         times[name] = train(config, wd, opts)
-        results[name] = test(config, last_checkpoint(wd), wd / 'test.json', dopts + extra)
+        results[name] = evaluate_checkpoint(
+            config, last_checkpoint(wd), wd / 'test.json', dopts + extra
+        )
 
     lines = [
         '',

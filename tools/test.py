@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         if args.out:
             os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
             with open(args.out, 'w') as f:
-                json.dump(results, f, indent=2)
+                json.dump(results, f, indent=2, default=float)  # numpy scalars (mmseg IoUMetric)
     return results
 
 

@@ -59,8 +59,8 @@ use             loads
 =============== ==========================================================================
 mae_teacher     whole MAE teacher (encoder + decoder, required) for G2SD
 encoder_teacher plain ViT encoder teacher (D-MAE / TinyMIM / classifier teacher)
-backbone        student encoder for fine-tuning / det / seg (new head, fc_norm, rel-pos may
-                be missing)
+backbone        student encoder for fine-tuning / det / seg (new head, fc_norm, rel-pos, BEiT
+                bias tables and layer scales may be missing)
 mae             whole MaskedAutoencoderViT, exact
 distiller       our distiller (``student.*`` + ``projector.*``) or an official GD file
 whole           the model's own state dict, exact (after ``student.`` / ``backbone.`` /
@@ -70,7 +70,8 @@ whole           the model's own state dict, exact (after ``student.`` / ``backbo
 :func:`load_state_dict_strict` verifies missing, unexpected, shape-mismatched and
 wrong-dtype-kind keys (integer / bool tensors for floating parameters) against fnmatch
 allow-lists, resamples ``pos_embed`` / ``decoder_pos_embed`` to the model's grid and
-``rel_pos_h`` / ``rel_pos_w`` to the model's length, raises :class:`CheckpointError` for
+``rel_pos_h`` / ``rel_pos_w`` to the model's length and BEiT ``relative_position_bias_table``
+to the model's grid (geometric-sequence interpolation), raises :class:`CheckpointError` for
 anything not allowed, and logs a one-screen summary (also to the current mmengine logger,
 so it reaches the train log).
 

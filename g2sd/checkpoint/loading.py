@@ -28,7 +28,11 @@ from g2sd.checkpoint.formats import (
     strip_prefixes,
 )
 from g2sd.checkpoint.reading import load_file
-from g2sd.layers.pos_embed import resample_pos_embed, resample_rel_pos
+from g2sd.layers.pos_embed import (
+    resample_pos_embed,
+    resample_rel_pos,
+    resample_rel_pos_bias_table,
+)
 
 __all__ = [
     'USES',
@@ -183,6 +187,77 @@ def _resample_rel_pos(
     return done
 
 
+# Trailing rows of a BEiT relative position bias table that are not offsets (class rows).
+_BIAS_EXTRA_ROWS = 3
+
+
+def _bias_table_grid(model: nn.Module, key: str, rows: int) -> tuple[int, int] | None:
+    """Token grid (Wh, Ww) of the model's BEiT bias table ``key`` with ``rows`` rows.
+
+    The grid of the ViT holding the block (``...blocks.N.attn.relative_position_bias_table``:
+    its ``patch_embed.grid_size``) when it fits the row count, else the square grid the row
+    count gives; None when neither fits.
+    """
+    n = rows - _BIAS_EXTRA_ROWS
+    parts = key.split('.')
+    if 'blocks' in parts:
+        prefix = '.'.join(parts[: parts.index('blocks')])
+        try:
+            owner = model.get_submodule(prefix)
+        except AttributeError:
+            owner = None
+        grid = getattr(getattr(owner, 'patch_embed', None), 'grid_size', None)
+        if grid is not None and (2 * grid[0] - 1) * (2 * grid[1] - 1) == n:
+            return (int(grid[0]), int(grid[1]))
+    side = math.isqrt(max(n, 0))
+    if n <= 0 or side * side != n or side % 2 == 0:
+        return None
+    return ((side + 1) // 2, (side + 1) // 2)
+
+
+def _resample_rel_pos_bias_tables(
+    model: nn.Module,
+    sd: dict[str, torch.Tensor],
+    model_sd: Mapping[str, torch.Tensor],
+    source: str,
+) -> list[str]:
+    """Resample BEiT ``*relative_position_bias_table`` entries (L, heads) of ``sd`` in place.
+
+    BEiT's geometric-sequence interpolation
+    (:func:`g2sd.layers.pos_embed.resample_rel_pos_bias_table`): the checkpoint's grid from its
+    row count (square), the model's from its own table; the three class rows are kept.
+    """
+    done: list[str] = []
+    for key, value in list(sd.items()):
+        if not key.endswith('relative_position_bias_table') or key not in model_sd:
+            continue
+        target = model_sd[key]
+        if value.ndim != 2 or target.ndim != 2 or value.shape[1] != target.shape[1]:
+            continue  # reported as a shape mismatch
+        if value.shape[0] == target.shape[0]:
+            continue
+        n_old = value.shape[0] - _BIAS_EXTRA_ROWS
+        side = math.isqrt(max(n_old, 0))
+        grid = _bias_table_grid(model, key, int(target.shape[0]))
+        if grid is None or n_old <= 0 or side * side != n_old or side % 2 == 0 or side < 5:
+            continue  # not a square BEiT table the spline can fit: reported as a mismatch
+        sd[key] = resample_rel_pos_bias_table(value, grid, _BIAS_EXTRA_ROWS)
+        done.append(key)
+        old = (side + 1) // 2
+        logger.info(
+            '%s: resampled %s from a %dx%d to a %dx%d grid (%d to %d rows)',
+            source,
+            key,
+            old,
+            old,
+            grid[0],
+            grid[1],
+            value.shape[0],
+            target.shape[0],
+        )
+    return done
+
+
 def _check_dtypes(
     sd: Mapping[str, torch.Tensor], model_sd: Mapping[str, torch.Tensor], source: str, what: str
 ) -> list[str]:
@@ -226,6 +301,7 @@ def _prepare(
     if resample:
         report.resampled = _resample_pos_embeds(model, sd, model_sd, source)
         report.resampled += _resample_rel_pos(sd, model_sd, source)
+        report.resampled += _resample_rel_pos_bias_tables(model, sd, model_sd, source)
     missing = [k for k in model_sd if k not in sd]
     unexpected = [k for k in sd if k not in model_sd]
     mismatched = [
@@ -270,7 +346,10 @@ def load_state_dict_strict(
     Position embeddings (``*pos_embed``, ``*decoder_pos_embed``) at another square grid are
     resampled (class-token aware, ``num_prefix_tokens`` of the owning module) first, and
     ViTDet relative-position tables (``*rel_pos_h`` / ``*rel_pos_w``, (L, C)) of another
-    length are resampled with :func:`g2sd.layers.pos_embed.resample_rel_pos`.
+    length are resampled with :func:`g2sd.layers.pos_embed.resample_rel_pos`, and BEiT
+    relative position bias tables (``*relative_position_bias_table``, (L, heads)) of another
+    grid with :func:`g2sd.layers.pos_embed.resample_rel_pos_bias_table` (BEiT's
+    geometric-sequence interpolation, class rows kept).
     A key whose shape differs is an error unless it matches ``allow_missing`` (it is then
     left at its initial value, e.g. a classifier with another class count). Integer / bool
     tensors for floating model tensors are refused (they would be cast silently); other
@@ -461,15 +540,33 @@ def _encoder(
     return enc, dropped
 
 
+#: Model keys of the ``'backbone'`` use that a pre-training file may lack: a new classifier,
+#: ``fc_norm`` and ViTDet's zero-init rel-pos tables.
+_BACKBONE_NEW = ('head.*', 'fc_norm.*', '*rel_pos_*')
+#: ... and, when the file has none of them, the BEiT-style seg backbone's zero-init relative
+#: position bias tables and layer scales (init 1.0): MAE / GD never trained them, and the
+#: official G2SD seg code starts them at their init. A file that has them must fit.
+_BACKBONE_NEW_IF_ABSENT = ('*relative_position_bias_table', '*gamma_1', '*gamma_2')
+
+
 def _use_backbone(model: nn.Module, fmt: str, sd: dict[str, torch.Tensor], source: str) -> UsePlan:
-    """Any format -> encoder; a new classifier / fc_norm / ViTDet rel-pos may be missing."""
+    """Any format -> encoder; a new classifier / fc_norm / rel-pos / layer scale may be missing.
+
+    BEiT relative position bias tables and layer scales may be missing only when the file
+    has none (an MAE / GD checkpoint); otherwise they load (tables of another square grid
+    resampled) or the load fails. ``*relative_position_index`` buffers of BEiT / mmseg files
+    are ignored (derived from the grid; ours is a non-persistent buffer).
+    """
     enc, dropped = _encoder(model, fmt, sd, source)
-    unexpected: tuple[str, ...] = ('head.*', 'fc_norm.*')
+    missing = _BACKBONE_NEW + tuple(
+        p for p in _BACKBONE_NEW_IF_ABSENT if not any(_match(k, (p,)) for k in enc)
+    )
+    unexpected: tuple[str, ...] = ('head.*', 'fc_norm.*', '*relative_position_index')
     if isinstance(getattr(model, 'norm', None), nn.Identity):
         unexpected += ('norm.*',)  # global-pool models use fc_norm instead (MAE fine-tune)
     if getattr(model, 'cls_token', None) is None:
         unexpected += ('cls_token',)  # ViTDet / BEiT backbones have no class token
-    return UsePlan(enc, ('head.*', 'fc_norm.*', '*rel_pos_*'), unexpected, tuple(dropped))
+    return UsePlan(enc, missing, unexpected, tuple(dropped))
 
 
 def _use_encoder_teacher(
@@ -613,9 +710,12 @@ def load_pretrained(
     encoder_teacher a plain ViT encoder (D-MAE / TinyMIM teachers, classifier teachers) from
                     any format; decoder keys dropped, ``head.*`` / ``fc_norm.*`` may be extra
     backbone        a student encoder for fine-tuning / det / seg from any format; ``head.*``,
-                    ``fc_norm.*`` and ViTDet ``*rel_pos_*`` may be missing; decoder and
-                    projector keys dropped; ``head.*`` / ``fc_norm.*`` (and ``norm.*`` for a
-                    global-pool model) may be extra
+                    ``fc_norm.*``, ViTDet ``*rel_pos_*`` and (when the file has none)
+                    BEiT-style ``*relative_position_bias_table`` and layer scales
+                    ``*gamma_1`` / ``*gamma_2`` may be missing; decoder and projector keys
+                    dropped;
+                    ``head.*`` / ``fc_norm.*`` / ``*relative_position_index`` (and ``norm.*``
+                    for a global-pool model) may be extra
     mae             a whole MaskedAutoencoderViT from an MAE, official G2SD, distiller or
                     MAE-Lite file, exact (``decoder_norm`` / ``decoder_pred`` may be extra
                     without pixel head)
@@ -637,7 +737,8 @@ def load_pretrained(
         checkpoint: Path, loaded checkpoint or state dict.
         use: One of :data:`USES`.
         trusted: Passed to :func:`load_file` (your own mmengine training checkpoints).
-        resample: Resample position embeddings / rel-pos tables to the model's size.
+        resample: Resample position embeddings / rel-pos / rel-pos-bias tables to the
+            model's size.
         allow_missing: Extra fnmatch patterns added to the missing-key allow-list of ``use``
             (e.g. layer-scale parameters a task adapter adds).
         allow_unexpected: Extra patterns added to the unexpected-key allow-list of ``use``.

@@ -28,6 +28,7 @@ from g2sd.distill.generic import (
     MAEPretrainer,
     TinyMIMDistiller,
 )
+from g2sd.distill.losses import ChannelWiseDivergence, PixelWiseKLDivergence, pixel_wise_kl
 from g2sd.distill.recorders import Recorder, select
 from g2sd.distill.specific import (
     ConvAdapter,
@@ -44,6 +45,7 @@ MODELS.register_module(name='MaskedAutoencoderViT', module=MaskedAutoencoderViT)
 
 __all__ = [
     'BaseGenericDistiller',
+    'ChannelWiseDivergence',
     'ConvAdapter',
     'MultiLevelConvAdapter',
     'DMAEDistiller',
@@ -53,12 +55,14 @@ __all__ = [
     'G2SDDistiller',
     'LinearAdapter',
     'MAEPretrainer',
+    'PixelWiseKLDivergence',
     'Recorder',
     'TeacherHolder',
     'TinyMIMDistiller',
     'build_model',
     'check_finite_loss',
     'freeze',
+    'pixel_wise_kl',
     'plain_student_state_dict',
     'select',
 ]

@@ -13,8 +13,9 @@ Generic distillation (functions used by :mod:`g2sd.distill.generic`):
 Task-specific distillation: every loss exists as a function and as a registered ``nn.Module``
 (``type='g2sd.HardKDLoss'`` ...) with a ``loss_weight``, so the distillation wrapper
 (:class:`g2sd.distill.DistillModel`) builds them from config. None of them has trainable
-parameters except the optional 1x1 align conv of :class:`ChannelWiseDivergence`, which lives in
-the loss as in the official code; other adapters live in the wrapper.
+parameters except the optional 1x1 align conv of :class:`ChannelWiseDivergence` and
+:class:`PixelWiseKLDivergence`, which lives in the loss as in the official code; other adapters
+live in the wrapper.
 
 * :func:`hard_kd_loss` — DeiT hard distillation (Touvron et al., ICML 2021): cross-entropy of
   the student's distillation head against the teacher's top class. G2SD's classification SD
@@ -34,6 +35,11 @@ the loss as in the official code; other adapters live in the wrapper.
   the cross-entropy ``-sum p_t log p_s`` x tau^2 / (N * C) with C the student's channel count
   before alignment; KL(p_t || p_s) (same gradient, lower by the teacher's entropy) as an option.
   G2SD's segmentation SD applies it to the 150-class logits (tau 1, weight 3).
+* :func:`pixel_wise_kl` — the official alternative of G2SD's segmentation SD
+  (``G2SD_seg_dis/src/distillation/losses/kl.py`` ``KLDivergence``, ``distill_kl.py``): per
+  pixel KL(softmax_c(T / tau) || softmax_c(S / tau)) x tau^2 over the channels (classes), i.e.
+  :func:`soft_kd_loss` of every pixel; reduction ``'mean'`` (official default: / (N C H W)),
+  ``'batchmean'`` (/ N) or ``'sum'``.
 * :func:`masked_feature_mse` / :func:`masked_bce_loss` — FRS-style ("Distilling Object
   Detectors with Feature Richness", Du et al., NeurIPS 2021) losses of G2SD's detection SD
   (``G2SD_det_dis/tools/plain_distill_net.py``): squared error of FPN features and BCE of RPN
@@ -57,6 +63,7 @@ from torch import nn
 from g2sd.registry import MODELS
 
 __all__ = [
+    'KL_REDUCTIONS',
     'LOSS_TYPES',
     'ChannelWiseDivergence',
     'FeatureLoss',
@@ -64,6 +71,7 @@ __all__ = [
     'MaskedBCELoss',
     'MaskedFeatureMSELoss',
     'NKDLoss',
+    'PixelWiseKLDivergence',
     'SoftKDLoss',
     'attention_logit_mse',
     'attention_logits',
@@ -76,6 +84,7 @@ __all__ = [
     'masked_bce_loss',
     'masked_feature_mse',
     'nkd_loss',
+    'pixel_wise_kl',
     'relation_kl',
     'relation_logits',
     'richness_mask',
@@ -308,9 +317,10 @@ _CWD_FORMS = ('ce', 'kl')
 _BCE_FORMS = ('prob', 'logits')
 
 
-def _check_form(form: str, forms: tuple[str, ...], what: str) -> str:
+def _check_form(form: str, forms: tuple[str, ...], what: str, name: str = 'form') -> str:
+    """Refuse a ``name`` (form / reduction) of ``what`` that is not one of ``forms``."""
     if form not in forms:
-        raise ValueError(f'{what} form must be one of {forms}, got {form!r}')
+        raise ValueError(f'{what} {name} must be one of {forms}, got {form!r}')
     return form
 
 
@@ -359,6 +369,49 @@ def channel_wise_divergence(
     p_t = log_t.exp()
     total = -(p_t * log_s).sum() if form == 'ce' else (p_t * (log_t - log_s)).sum()
     return total * tau * tau / (n * c)
+
+
+#: ``reduction`` values of :func:`pixel_wise_kl` (those of ``F.kl_div`` that give a scalar).
+KL_REDUCTIONS = ('mean', 'batchmean', 'sum')
+
+
+def pixel_wise_kl(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    tau: float = 1.0,
+    reduction: Literal['mean', 'batchmean', 'sum'] = 'mean',
+) -> torch.Tensor:
+    """Pixel-wise KL between class distributions of dense maps of equal shape.
+
+    The official ``KLDivergence`` of ``G2SD_seg_dis/src/distillation/losses/kl.py``::
+
+        L = tau^2 * kl_div(log_softmax(S / tau, dim=1), softmax(T / tau, dim=1), reduction)
+
+    i.e. with ``p = softmax`` over the C channels at each (n, h, w) and
+    ``k = sum_{n, c, hw} p^T (log p^T - log p^S)``: ``'mean'`` (official default)
+    ``tau^2 k / (N C H W)``, ``'batchmean'`` ``tau^2 k / N``, ``'sum'`` ``tau^2 k``. Computed
+    as :func:`soft_kd_loss` (per-row KL, mean over rows) of the N H W pixel rows, rescaled.
+
+    Args:
+        student: (N, C, H, W) student maps (e.g. segmentation logits), already aligned to the
+            teacher's channels.
+        teacher: (N, C, H, W) teacher maps (detached here).
+        tau: Temperature > 0.
+        reduction: ``'mean'``, ``'batchmean'`` or ``'sum'``.
+
+    Returns:
+        Scalar loss (fp32).
+    """
+    _check_same_shape(student, teacher, 'pixel_wise_kl', 'maps', '(N, C, H, W)')
+    tau = _check_temperature(tau, 'tau')
+    _check_form(reduction, KL_REDUCTIONS, 'pixel_wise_kl', 'reduction')
+    n, c, h, w = student.shape
+    rows = soft_kd_loss(
+        student.movedim(1, -1).reshape(-1, c), teacher.movedim(1, -1).reshape(-1, c), tau
+    )  # tau^2 k / (N H W)
+    if reduction == 'mean':
+        return rows / c
+    return rows * (h * w if reduction == 'batchmean' else n * h * w)
 
 
 def richness_mask(objectness_logits: torch.Tensor) -> torch.Tensor:
@@ -627,8 +680,58 @@ class FeatureLoss(_WeightedLoss):
         return self.loss_weight * feature_loss(student, teacher, self.loss_type, self.beta)
 
 
+class _AlignedMapLoss(_WeightedLoss):
+    """Base of the dense-map losses with the official optional 1x1 align conv.
+
+    As in the official ``ChannelWiseDivergence`` / ``KLDivergence``
+    (``G2SD_seg_dis/src/distillation/losses/``), a trainable 1x1 conv (``align``) maps the
+    student (N, C_s, H, W) to the teacher's (N, C_t, H, W) when ``student_channels`` and
+    ``teacher_channels`` differ.
+
+    Args:
+        loss_weight: Multiplier of the loss.
+        student_channels: C_s; with ``teacher_channels``, builds the align conv when they
+            differ. ``None``: no alignment, both maps must have the same channels.
+        teacher_channels: C_t.
+    """
+
+    def __init__(
+        self,
+        loss_weight: float = 1.0,
+        student_channels: int | None = None,
+        teacher_channels: int | None = None,
+    ) -> None:
+        super().__init__(loss_weight)
+        if (student_channels is None) != (teacher_channels is None):
+            raise ValueError(
+                'give both student_channels and teacher_channels or neither, got '
+                f'student_channels={student_channels!r}, teacher_channels={teacher_channels!r}'
+            )
+        for name, value in (('student', student_channels), ('teacher', teacher_channels)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f'{name}_channels must be an int >= 1, got {value!r}')
+        self.student_channels = student_channels
+        self.align = (
+            nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+            if student_channels is not None and student_channels != teacher_channels
+            else None
+        )
+
+    def _aligned(self, student: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(N, C_s, H, W) -> (the student aligned to the teacher's channels, C_s)."""
+        if student.ndim != 4:
+            raise ValueError(f'student maps must be (N, C, H, W), got {tuple(student.shape)}')
+        c_s = student.shape[1]
+        if self.student_channels is not None and c_s != self.student_channels:
+            raise ValueError(
+                f'student maps have {c_s} channels, the loss was built for '
+                f'student_channels={self.student_channels}'
+            )
+        return (student if self.align is None else self.align(student)), c_s
+
+
 @MODELS.register_module()
-class ChannelWiseDivergence(_WeightedLoss):
+class ChannelWiseDivergence(_AlignedMapLoss):
     """Channel-wise distillation, see :func:`channel_wise_divergence` (G2SD seg SD).
 
     As in the official ``ChannelWiseDivergence`` (``G2SD_seg_dis/.../losses/cwd.py``), a
@@ -655,42 +758,61 @@ class ChannelWiseDivergence(_WeightedLoss):
         student_channels: int | None = None,
         teacher_channels: int | None = None,
     ) -> None:
-        super().__init__(loss_weight)
+        super().__init__(loss_weight, student_channels, teacher_channels)
         self.tau = _check_temperature(tau, 'tau')
         self.form = _check_form(form, _CWD_FORMS, 'ChannelWiseDivergence')
-        if (student_channels is None) != (teacher_channels is None):
-            raise ValueError(
-                'give both student_channels and teacher_channels or neither, got '
-                f'student_channels={student_channels!r}, teacher_channels={teacher_channels!r}'
-            )
-        for name, value in (('student', student_channels), ('teacher', teacher_channels)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f'{name}_channels must be an int >= 1, got {value!r}')
-        self.student_channels = student_channels
-        self.align = (
-            nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
-            if student_channels is not None and student_channels != teacher_channels
-            else None
-        )
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """(N, C_s, H, W) student and (N, C_t, H, W) teacher maps -> weighted scalar loss."""
-        if student.ndim != 4:
-            raise ValueError(f'student maps must be (N, C, H, W), got {tuple(student.shape)}')
-        c_s = student.shape[1]
-        if self.student_channels is not None and c_s != self.student_channels:
-            raise ValueError(
-                f'student maps have {c_s} channels, the loss was built for '
-                f'student_channels={self.student_channels}'
-            )
-        if self.align is not None:
-            student = self.align(student)
+        student, c_s = self._aligned(student)
         return self.loss_weight * channel_wise_divergence(
             student, teacher, self.tau, self.form, student_channels=c_s
         )
 
     def extra_repr(self) -> str:
         return f'tau={self.tau}, form={self.form!r}, {super().extra_repr()}'
+
+
+@MODELS.register_module()
+class PixelWiseKLDivergence(_AlignedMapLoss):
+    """Pixel-wise KL over the classes, see :func:`pixel_wise_kl` (G2SD seg SD alternative).
+
+    The official ``KLDivergence`` (``G2SD_seg_dis/src/distillation/losses/kl.py``,
+    ``configs/distill/distill_kl.py``): ``loss_weight * tau^2 * kl_div(log_softmax(S / tau),
+    softmax(T / tau), reduction)`` with the softmax over the channels of each pixel, the
+    optional 1x1 align conv of the official losses in front (the ``'mean'`` normaliser then
+    counts the teacher's channels, the aligned student's). Shapes: student (N, C_s, H, W),
+    teacher (N, C_t, H, W).
+
+    Args:
+        tau: Temperature > 0.
+        loss_weight: Multiplier of the loss.
+        reduction: ``'mean'`` (official default, / (N C H W)), ``'batchmean'`` (/ N) or
+            ``'sum'``.
+        student_channels: C_s; with ``teacher_channels``, builds the align conv when they
+            differ. ``None``: no alignment, both maps must have the same channels.
+        teacher_channels: C_t.
+    """
+
+    def __init__(
+        self,
+        tau: float = 1.0,
+        loss_weight: float = 1.0,
+        reduction: Literal['mean', 'batchmean', 'sum'] = 'mean',
+        student_channels: int | None = None,
+        teacher_channels: int | None = None,
+    ) -> None:
+        super().__init__(loss_weight, student_channels, teacher_channels)
+        self.tau = _check_temperature(tau, 'tau')
+        self.reduction = _check_form(reduction, KL_REDUCTIONS, 'PixelWiseKLDivergence', 'reduction')
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """(N, C_s, H, W) student and (N, C_t, H, W) teacher maps -> weighted scalar loss."""
+        student, _ = self._aligned(student)
+        return self.loss_weight * pixel_wise_kl(student, teacher, self.tau, self.reduction)
+
+    def extra_repr(self) -> str:
+        return f'tau={self.tau}, reduction={self.reduction!r}, {super().extra_repr()}'
 
 
 @MODELS.register_module()

@@ -5,6 +5,8 @@ Importing this package registers, in the ``g2sd`` registry scope: ``g2sd.Pretrai
 ``g2sd.WarmupCosineLR``, ``g2sd.FashionMNIST``, ``g2sd.ImageFolder``, the torchvision transforms and
 ``g2sd.TwoViews``, and the runner hooks ``g2sd.TeacherCheckHook``, ``g2sd.SaveStudentHook``,
 ``g2sd.DistillWeightHook``, ``g2sd.StopDistillHook`` and ``g2sd.TeacherValHook``.
+:mod:`g2sd.engine.canvas` (imported on its own, not here) pastes Fashion-MNIST items on canvases
+for the detection and segmentation proxy sets (``tools/dataset/make_fmnist_{coco,ade}.py``).
 """
 
 from g2sd.engine.datasets import FashionMNIST, ImageFolder

@@ -4,6 +4,7 @@ from g2sd.layers.pos_embed import (
     get_2d_sincos_pos_embed,
     resample_pos_embed,
     resample_rel_pos,
+    resample_rel_pos_bias_table,
     to_2tuple,
 )
 from g2sd.layers.rel_pos import (
@@ -21,6 +22,7 @@ __all__ = [
     'relative_position_index',
     'resample_pos_embed',
     'resample_rel_pos',
+    'resample_rel_pos_bias_table',
     'to_2tuple',
     'window_partition',
     'window_unpartition',

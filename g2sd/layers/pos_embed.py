@@ -5,7 +5,9 @@ loader (:mod:`g2sd.checkpoint`) both import, so loading never reaches up into a 
 The sin-cos table follows MAE (He et al., "Masked Autoencoders Are Scalable Vision
 Learners", CVPR 2022), as used by G2SD (Huang et al., CVPR 2023, arXiv 2302.14771).
 Relative-position tables are resampled as detectron2's ViTDet ``get_rel_pos`` does
-(Li et al., "Exploring Plain Vision Transformer Backbones for Object Detection", ECCV 2022).
+(Li et al., "Exploring Plain Vision Transformer Backbones for Object Detection", ECCV 2022),
+BEiT relative position bias tables with BEiT's geometric-sequence interpolation (Bao et al.,
+"BEiT: BERT Pre-Training of Image Transformers", ICLR 2022; scipy, imported when used).
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ['get_2d_sincos_pos_embed', 'resample_pos_embed', 'resample_rel_pos', 'to_2tuple']
+__all__ = [
+    'get_2d_sincos_pos_embed',
+    'resample_pos_embed',
+    'resample_rel_pos',
+    'resample_rel_pos_bias_table',
+    'to_2tuple',
+]
 
 
 def to_2tuple(x: int | Sequence[int]) -> tuple[int, int]:
@@ -126,3 +134,131 @@ def resample_rel_pos(rel_pos: torch.Tensor, new_len: int) -> torch.Tensor:
     table = rel_pos.float().reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1)  # (1, C, L)
     table = F.interpolate(table, size=new_len, mode='linear')
     return table.reshape(-1, new_len).permute(1, 0).to(dtype)
+
+
+def _geometric_offsets(src_side: int, dst_side: int) -> list[float]:
+    """Source offsets of BEiT's geometric-sequence interpolation along one axis.
+
+    The ``src_side`` (odd) offsets of the source table are placed at
+    ``0, +-1, +-(1 + q), +-(1 + q + q^2), ...`` where the ratio ``q`` in [1.01, 1.5] is found
+    by bisection so that the outermost one is about ``dst_side // 2``: near the centre the
+    spacing stays 1 (short offsets keep their values), at the border it grows. Exactly the
+    loop of BEiT's ``mmcv_custom/checkpoint.py`` / mmseg's ``_geometric_sequence_interpolation``
+    (including the last bisection midpoint as ``q``).
+    """
+
+    def geometric_progression(a: float, r: float, n: int) -> float:
+        return a * (1.0 - r**n) / (1.0 - r)
+
+    left, right = 1.01, 1.5
+    q = (left + right) / 2.0
+    while right - left > 1e-6:
+        q = (left + right) / 2.0
+        gp = geometric_progression(1, q, src_side // 2)
+        if gp > dst_side // 2:
+            right = q
+        else:
+            left = q
+    dis: list[float] = []
+    cur = 1.0
+    for i in range(src_side // 2):
+        dis.append(cur)
+        cur += q ** (i + 1)
+    return [-d for d in reversed(dis)] + [0.0] + dis
+
+
+def resample_rel_pos_bias_table(
+    table: torch.Tensor, dst_grid: int | Sequence[int], num_extra: int = 3
+) -> torch.Tensor:
+    """Resample a BEiT relative position bias table to another token grid.
+
+    BEiT's geometric-sequence interpolation, as in BEiT's
+    ``semantic_segmentation/mmcv_custom/checkpoint.py`` (used by the official G2SD seg code)
+    and mmseg's ``BEiT.resize_rel_pos_embed`` / ``_geometric_sequence_interpolation``: the
+    (2W - 1) x (2W - 1) offset part of each head's column (rows ``dh``, columns ``dw``, the
+    layout of :func:`g2sd.layers.relative_position_index`) is placed on the geometric offsets
+    of :func:`_geometric_offsets`, fitted with an interpolating bicubic spline and read at the
+    integer offsets ``-(W' - 1) .. W' - 1`` of the new grid; the ``num_extra`` last rows
+    (class-to-token, token-to-class, class-to-class) are kept unchanged.
+
+    Equivalence and differences: the official code fits ``scipy.interpolate.interp2d(x, y, z,
+    kind='cubic')``, removed in SciPy 1.14. On a regular grid ``interp2d`` calls FITPACK's
+    ``regrid_smth`` on ``(x, y, z.T)`` with ``kx = ky = 3, s = 0`` and evaluates with
+    ``bispev`` (transposing back), which is exactly
+    ``RectBivariateSpline(x, y, z.T, kx=3, ky=3, s=0)(dx, dy).T`` used here; both clamp the
+    read points outside the fitted range to its border (FITPACK's ``fpbisp``), which happens
+    when the new grid is more than about 1.5^(W/2) times larger. Like the official code the
+    spline is fitted in float64 from the float32 table and the result is returned in the
+    input's dtype and device. Our extension: a non-square ``dst_grid`` (Wh', Ww') uses the
+    geometric offsets of ``2Wh' - 1`` along the rows and of ``2Ww' - 1`` along the columns
+    (an axis whose size does not change keeps its integer offsets, so it is not resampled);
+    the official code only serves square grids and raises ``NotImplementedError``; for a
+    square grid this is the official computation. The source grid is inferred from the row
+    count and must be square.
+
+    Args:
+        table: (L, heads) with ``L = (2W - 1)^2 + num_extra``.
+        dst_grid: New token grid (Wh', Ww') or an int for a square grid.
+        num_extra: Trailing rows that are not offsets (3 with BEiT's class-token rows).
+
+    Returns:
+        ((2Wh' - 1) * (2Ww' - 1) + num_extra, heads); the input itself when the grid is the
+        same.
+
+    Raises:
+        ValueError: ``table`` is not 2-D, its offset rows are not a square (2W - 1)^2 with
+            W >= 3 (a bicubic fit needs at least 4 offsets per axis), or ``dst_grid`` /
+            ``num_extra`` are not positive / non-negative ints.
+    """
+    if table.ndim != 2:
+        raise ValueError(
+            f'relative position bias table must be (L, heads), got shape {tuple(table.shape)}'
+        )
+    if isinstance(num_extra, bool) or not isinstance(num_extra, int) or num_extra < 0:
+        raise ValueError(f'num_extra must be an int >= 0, got {num_extra!r}')
+    dst_h, dst_w = to_2tuple(dst_grid)
+    if min(dst_h, dst_w) < 1:
+        raise ValueError(f'dst_grid must be positive, got {dst_grid!r}')
+    rows, heads = table.shape
+    n = rows - num_extra
+    src_side = math.isqrt(max(n, 0))
+    if n <= 0 or src_side * src_side != n or src_side % 2 == 0:
+        raise ValueError(
+            f'cannot infer a square grid from a relative position bias table of shape '
+            f'{tuple(table.shape)} with {num_extra} extra rows: {n} offset rows are not '
+            '(2W - 1)^2'
+        )
+    side_h, side_w = 2 * dst_h - 1, 2 * dst_w - 1
+    if (side_h, side_w) == (src_side, src_side):
+        return table
+    if src_side < 4:
+        raise ValueError(
+            f'a relative position bias table of shape {tuple(table.shape)} (grid '
+            f'{(src_side + 1) // 2}x{(src_side + 1) // 2}) is too small for the bicubic '
+            'interpolation (needs a grid of at least 3x3)'
+        )
+    try:
+        from scipy.interpolate import RectBivariateSpline
+    except ImportError as e:  # pragma: no cover - scipy comes with mmseg
+        raise ImportError(
+            'resampling a relative position bias table needs scipy (pip install scipy)'
+        ) from e
+    import numpy as np
+
+    # An axis that keeps its size (only with a non-square dst_grid) keeps its offsets.
+    same = [float(k) for k in range(-(src_side // 2), src_side // 2 + 1)]
+    x = same if side_w == src_side else _geometric_offsets(src_side, side_w)  # columns: dw
+    y = same if side_h == src_side else _geometric_offsets(src_side, side_h)  # rows: dh
+    t = side_w // 2.0
+    dx = np.arange(-t, t + 0.1, 1.0)
+    t = side_h // 2.0
+    dy = np.arange(-t, t + 0.1, 1.0)
+    offsets = table[:n].detach().cpu().float()
+    out = []
+    for i in range(heads):
+        z = offsets[:, i].view(src_side, src_side).numpy()  # (rows dh, columns dw)
+        # interp2d(x, y, z, kind='cubic')(dx, dy) on a regular grid:
+        spline = RectBivariateSpline(x, y, z.T, kx=3, ky=3, s=0)
+        out.append(torch.from_numpy(np.ascontiguousarray(spline(dx, dy).T)).float().reshape(-1))
+    new = torch.stack(out, dim=1).to(device=table.device, dtype=table.dtype)
+    return torch.cat([new, table[n:].detach()], dim=0)

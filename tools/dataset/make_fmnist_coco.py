@@ -5,7 +5,9 @@ The offline proxy for COCO of the detection stage of G2SD (Huang et al., "Generi
 Distillation of Masked Autoencoders", CVPR 2023, arXiv 2302.14771): real pixels, 10 classes,
 boxes and masks known exactly, small enough for a CPU.
 
-Each canvas (``--canvas`` square, black) receives 1 to ``--max-items`` Fashion-MNIST items,
+Canvases come from :func:`g2sd.engine.canvas.make_canvas` (shared with
+``make_fmnist_ade.py``: the same seed and canvas flags give the same canvases). Each canvas
+(``--canvas`` square, black) receives ``--min-items`` to ``--max-items`` Fashion-MNIST items,
 each resized (bilinear) from 28 px to a random size in ``[--min-size, --max-size]`` and
 pasted where its tight box does not overlap any box already placed (plus a 1-px gap). Per item:
 
@@ -39,13 +41,19 @@ import json
 import logging
 import os
 import os.path as osp
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from g2sd.engine.canvas import (
+    CanvasSpec,
+    add_canvas_args,
+    atomic_output_dir,
+    load_fashion_mnist,
+    make_canvas,
+)
 
 logger = logging.getLogger('make_fmnist_coco')
 
@@ -63,12 +71,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument('--seed', type=int, default=0, help='random seed (same seed, same bytes)')
     p.add_argument('--num-train', type=int, default=1000, help='train canvases')
     p.add_argument('--num-val', type=int, default=200, help='val canvases')
-    p.add_argument('--canvas', type=int, default=64, help='canvas side (px)')
-    p.add_argument('--min-items', type=int, default=1, help='fewest items per canvas')
-    p.add_argument('--max-items', type=int, default=4, help='most items per canvas')
-    p.add_argument('--min-size', type=int, default=16, help='smallest pasted item side (px)')
-    p.add_argument('--max-size', type=int, default=36, help='largest pasted item side (px)')
-    p.add_argument('--threshold', type=int, default=20, help='silhouette: pixel > threshold')
+    add_canvas_args(p)
     p.add_argument('--overwrite', action='store_true', help='replace an existing --out')
     args = p.parse_args(argv)
     try:
@@ -85,73 +88,7 @@ def check_args(args: argparse.Namespace) -> None:
             f'--num-train/--num-val must be >= 0 and not both 0, got '
             f'{args.num_train}/{args.num_val}'
         )
-    if not 1 <= args.min_items <= args.max_items:
-        raise ValueError(
-            f'need 1 <= --min-items <= --max-items, got {args.min_items}/{args.max_items}'
-        )
-    if not 4 <= args.min_size <= args.max_size <= args.canvas:
-        raise ValueError(
-            f'need 4 <= --min-size <= --max-size <= --canvas, got '
-            f'{args.min_size}/{args.max_size}/{args.canvas}'
-        )
-    if not 0 <= args.threshold < 255:
-        raise ValueError(f'--threshold must be in [0, 255), got {args.threshold}')
-
-
-def _resize(item: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize of a (28, 28) uint8 item to (size, size)."""
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(item).resize((size, size), Image.BILINEAR))
-
-
-def _overlaps(box: tuple[int, int, int, int], boxes: list[tuple[int, int, int, int]]) -> bool:
-    """Whether inclusive box (x0, y0, x1, y1) comes within 1 px of any of ``boxes``."""
-    x0, y0, x1, y1 = box
-    return any(
-        not (x1 + 1 < a0 or a1 + 1 < x0 or y1 + 1 < b0 or b1 + 1 < y0) for a0, b0, a1, b1 in boxes
-    )
-
-
-def make_canvas(
-    rng: np.random.Generator,
-    images: np.ndarray,
-    labels: np.ndarray,
-    args: argparse.Namespace,
-) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """One canvas and its instances.
-
-    Returns:
-        ``(canvas (H, W) uint8, [dict(label, mask (H, W) bool, box (x0, y0, x1, y1))])``
-        with inclusive boxes; masks do not overlap.
-    """
-    side = args.canvas
-    canvas = np.zeros((side, side), np.uint8)
-    wanted = int(rng.integers(args.min_items, args.max_items + 1))
-    placed: list[dict[str, Any]] = []
-    boxes: list[tuple[int, int, int, int]] = []
-    for _ in range(wanted * 20):  # bounded number of placement attempts
-        if len(placed) == wanted:
-            break
-        idx = int(rng.integers(len(images)))
-        size = int(rng.integers(args.min_size, args.max_size + 1))
-        patch = _resize(images[idx], size)
-        sil = patch > args.threshold
-        if sil.sum() < 4:
-            continue
-        ys, xs = np.nonzero(sil)
-        ox = int(rng.integers(0, side - size + 1))
-        oy = int(rng.integers(0, side - size + 1))
-        box = (ox + int(xs.min()), oy + int(ys.min()), ox + int(xs.max()), oy + int(ys.max()))
-        if _overlaps(box, boxes):
-            continue
-        region = canvas[oy : oy + size, ox : ox + size]
-        region[sil] = patch[sil]
-        mask = np.zeros((side, side), bool)
-        mask[oy : oy + size, ox : ox + size] = sil
-        boxes.append(box)
-        placed.append(dict(label=int(labels[idx]), mask=mask, box=box))
-    return canvas, placed
+    CanvasSpec.from_args(args)  # raises on inconsistent canvas flags
 
 
 def write_split(
@@ -177,20 +114,20 @@ def write_split(
     )
     ann_id = 1
     for img_id in range(num):
-        canvas, instances = make_canvas(rng, images, labels, args)
+        canvas, instances = make_canvas(rng, images, labels, CanvasSpec.from_args(args))
         name = f'{img_id:06d}.png'
         Image.fromarray(np.stack([canvas] * 3, axis=-1), 'RGB').save(osp.join(out, split, name))
         coco['images'].append(
             dict(id=img_id + 1, file_name=name, width=args.canvas, height=args.canvas)
         )
         for inst in instances:
-            rle = mask_utils.encode(np.asfortranarray(inst['mask'].astype(np.uint8)))
-            x0, y0, x1, y1 = inst['box']
+            rle = mask_utils.encode(np.asfortranarray(inst.mask.astype(np.uint8)))
+            x0, y0, x1, y1 = inst.box
             coco['annotations'].append(
                 dict(
                     id=ann_id,
                     image_id=img_id + 1,
-                    category_id=inst['label'] + 1,
+                    category_id=inst.label + 1,
                     bbox=[x0, y0, x1 - x0 + 1, y1 - y0 + 1],
                     area=int(mask_utils.area(rle)),
                     segmentation=dict(size=list(rle['size']), counts=rle['counts'].decode()),
@@ -209,31 +146,20 @@ def make_dataset(args: argparse.Namespace) -> dict[str, dict[str, int]]:
     Raises:
         FileExistsError: ``args.out`` exists and ``args.overwrite`` is false.
         FileNotFoundError: The Fashion-MNIST idx files are missing.
+        ValueError: They are corrupt.
     """
-    from g2sd.engine.datasets import FASHION_MNIST_CLASSES, FashionMNIST
+    from g2sd.engine.datasets import FASHION_MNIST_CLASSES
 
-    out = osp.abspath(args.out)
-    if osp.exists(out) and not args.overwrite:
-        raise FileExistsError(f'--out {args.out} exists; pass --overwrite to replace it')
-    parent = osp.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(out)}.tmp-', dir=parent)
     counts = {}
-    try:
+    with atomic_output_dir(args.out, args.overwrite) as tmp:
         os.makedirs(osp.join(tmp, 'annotations'))
         nums = dict(train=args.num_train, val=args.num_val)
         for i, (split, source) in enumerate(SPLITS):
-            ds = FashionMNIST(root=args.root, split=source)
+            images, labels = load_fashion_mnist(args.root, source)
             rng = np.random.default_rng([args.seed, i])
             counts[split] = write_split(
-                tmp, split, nums[split], ds.images, ds.labels, FASHION_MNIST_CLASSES, rng, args
+                tmp, split, nums[split], images, labels, FASHION_MNIST_CLASSES, rng, args
             )
-        if osp.exists(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return counts
 
 
