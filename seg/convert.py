@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -166,6 +166,30 @@ def _split_prefix(sd: Mapping[str, Any]) -> tuple[bool, str]:
     """(file is a whole model with ``backbone.*`` keys, prefix of the backbone keys)."""
     prefixed = any(isinstance(k, str) and k.startswith('backbone.') for k in sd)
     return prefixed, 'backbone.' if prefixed else ''
+
+
+def _backbone_items(
+    sd: Mapping[str, Any],
+    whole: bool,
+    prefix: str,
+    out: dict[str, torch.Tensor],
+    unknown: list[str],
+) -> Iterator[tuple[str, str, Any]]:
+    """The backbone entries of ``sd`` as ``(key, key without prefix, value)``.
+
+    The one key walk of the converters: in a whole segmentor the head parts (``neck.*``,
+    ``decode_head.*``, ``auxiliary_head.*``) are copied to ``out`` unchanged and keys outside
+    ``prefix`` go to ``unknown``, as do non-string keys.
+    """
+    for key, value in sd.items():
+        if not isinstance(key, str):
+            unknown.append(repr(key))
+        elif whole and key.startswith(_HEAD_PARTS):
+            out[key] = value
+        elif whole and not key.startswith(prefix):
+            unknown.append(key)
+        else:
+            yield key, key[len(prefix) :], value
 
 
 def is_mmseg_vit_layout(sd: Mapping[str, Any]) -> bool:
@@ -321,17 +345,7 @@ def mmseg_to_g2sd(
     unknown: list[str] = []
     qv: dict[int, dict[str, torch.Tensor]] = {}
     indices: dict[int, tuple[str, torch.Tensor]] = {}
-    for key, value in sd.items():
-        if not isinstance(key, str):
-            unknown.append(repr(key))
-            continue
-        if whole and key.startswith(_HEAD_PARTS):
-            out[key] = value
-            continue
-        if whole and not key.startswith(prefix):
-            unknown.append(key)
-            continue
-        rest = key[len(prefix) :]
+    for key, rest, value in _backbone_items(sd, whole, prefix, out, unknown):
         if rest in _MMSEG_TOP:
             out[prefix + _MMSEG_TOP[rest]] = value
             continue
@@ -389,17 +403,7 @@ def beit_to_g2sd(
     indices: dict[int, tuple[str, torch.Tensor]] = {}
     fpn: dict[int, dict[str, torch.Tensor]] = {}
     shared: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        if not isinstance(key, str):
-            unknown.append(repr(key))
-            continue
-        if whole and key.startswith(_HEAD_PARTS):
-            out[key] = value
-            continue
-        if whole and not key.startswith(prefix):
-            unknown.append(key)
-            continue
-        rest = key[len(prefix) :]
+    for key, rest, value in _backbone_items(sd, whole, prefix, out, unknown):
         if _BEIT_SAME.match(rest):
             out[prefix + rest] = value
             continue
@@ -499,17 +503,7 @@ def g2sd_to_mmseg(
     whole, prefix = _split_prefix(sd)
     out: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
-    for key, value in sd.items():
-        if not isinstance(key, str):
-            unknown.append(repr(key))
-            continue
-        if whole and key.startswith(_HEAD_PARTS):
-            out[key] = value
-            continue
-        if whole and not key.startswith(prefix):
-            unknown.append(key)
-            continue
-        rest = key[len(prefix) :]
+    for key, rest, value in _backbone_items(sd, whole, prefix, out, unknown):
         if rest in _OURS_TOP:
             out[prefix + _OURS_TOP[rest]] = value
             continue
