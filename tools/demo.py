@@ -101,18 +101,34 @@ def schedule_options(epochs: int, samples: int, batch: int) -> list[str]:
     ]
 
 
-def load_fmnist(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class-balanced subset of Fashion-MNIST as normalised tensors (N, 1, 28, 28), labels (N,)."""
+def load_fmnist(
+    split: str,
+    n: int,
+    root: str | None = None,
+    in_chans: int = 1,
+    normalize: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-balanced Fashion-MNIST subset: images (N, in_chans, 28, 28) and labels (N,).
+
+    The one image loader of the demos and ``tools/analysis/``: normalised with the demo's
+    ``NORM`` (the MAE pre-training statistics), or in [0, 1] with ``normalize=False``.
+
+    Args:
+        split: ``'train'`` or ``'test'``.
+        n: Number of images (class-balanced).
+        root: Folder of the idx files; None: Debian's ``dataset-fashion-mnist``.
+        in_chans: 1 (gray) or 3 (replicated).
+        normalize: Apply ``NORM``.
+    """
     from g2sd.engine.datasets import FashionMNIST
 
-    ds = FashionMNIST(
-        split=split,
-        num_samples=n,
-        pipeline=[
-            dict(type='ToTensor'),
-            dict(type='Normalize', mean=[NORM['mean']], std=[NORM['std']]),
-        ],
-    )
+    pipeline: list[dict] = [dict(type='ToTensor')]
+    if normalize:
+        pipeline.append(
+            dict(type='Normalize', mean=[NORM['mean']] * in_chans, std=[NORM['std']] * in_chans)
+        )
+    kwargs = {} if root is None else dict(root=root)
+    ds = FashionMNIST(split=split, num_samples=n, in_chans=in_chans, pipeline=pipeline, **kwargs)
     items = [ds[i] for i in range(len(ds))]
     x = torch.stack([it['inputs'] for it in items])
     y = torch.tensor([int(it['data_samples']) for it in items])
