@@ -36,6 +36,8 @@ TEACHER_CKPT = REPO / 'checkpoints' / 'fmnist_mae_vit-teacher.pth'
 STUDENT_ARCH = dict(img_size=28, patch_size=4, in_chans=1, embed_dim=48, depth=4, num_heads=3)
 TEACHER_ARCH = dict(img_size=28, patch_size=4, in_chans=1, embed_dim=96, depth=6, num_heads=3)
 NORM = dict(mean=0.2860, std=0.3530)
+#: Named architectures of ``--arch`` style options (else a JSON object / .json file of ViT kwargs)
+ARCHS = {'fmnist-student': STUDENT_ARCH, 'fmnist-teacher': TEACHER_ARCH}
 
 logger = logging.getLogger('g2sd.demo')
 
@@ -150,6 +152,31 @@ def knn_accuracy(train_f, train_y, test_f, test_y, k: int = 20, t: float = 0.07)
     votes = torch.zeros(len(test_f), int(train_y.max()) + 1)
     votes.scatter_add_(1, train_y[idx], (top / t).exp())
     return (votes.argmax(1) == test_y).float().mean().item()
+
+
+def parse_arch(value: str) -> dict:
+    """An arch name of :data:`ARCHS`, a JSON object, or a path to a JSON file -> ViT kwargs.
+
+    Raises:
+        ValueError: ``value`` is none of these, or the JSON is not an object.
+    """
+    if value in ARCHS:
+        return dict(ARCHS[value])
+    text = value
+    if not value.lstrip().startswith('{'):
+        path = Path(value)
+        if not path.is_file():
+            raise ValueError(
+                f'arch {value!r} is not one of {sorted(ARCHS)}, a JSON object or a JSON file'
+            )
+        text = path.read_text()
+    try:
+        arch = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f'arch {value!r} is not valid JSON: {e}') from None
+    if not isinstance(arch, dict):
+        raise ValueError(f'arch {value!r} must be a JSON object of ViT keyword args')
+    return arch
 
 
 def build_encoder(arch: dict, checkpoint: Path | None) -> torch.nn.Module:

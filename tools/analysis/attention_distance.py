@@ -36,39 +36,17 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'tools'))
-from demo import STUDENT_ARCH, TEACHER_ARCH, build_encoder, load_fmnist  # noqa: E402
+from demo import build_encoder, load_fmnist, parse_arch  # noqa: E402
 
 from g2sd.analysis.attention_distance import (  # noqa: E402
     model_attention_distance,
     uniform_attention_distance,
 )
 
-ARCHS = {'fmnist-student': STUDENT_ARCH, 'fmnist-teacher': TEACHER_ARCH}
 DEFAULT_ROOT = '/usr/share/datasets/fashion-mnist'
 RANDOM = 'random'
 
 logger = logging.getLogger('g2sd.analysis.attention_distance')
-
-
-def parse_arch(value: str) -> dict:
-    """``fmnist-student`` / ``fmnist-teacher``, or a JSON object (inline or a .json file)."""
-    if value in ARCHS:
-        return dict(ARCHS[value])
-    text = value
-    if not value.lstrip().startswith('{'):
-        path = Path(value)
-        if not path.is_file():
-            raise ValueError(
-                f'--arch {value!r}: not one of {sorted(ARCHS)}, a JSON object or a JSON file'
-            )
-        text = path.read_text()
-    try:
-        arch = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f'--arch {value!r} is not valid JSON: {err}') from err
-    if not isinstance(arch, dict):
-        raise ValueError(f'--arch {value!r} must be a JSON object of ViT keyword arguments')
-    return arch
 
 
 def parse_model(spec: str) -> tuple[str, Path | None]:

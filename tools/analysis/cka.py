@@ -31,40 +31,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / 'tools'))
-from demo import STUDENT_ARCH, TEACHER_ARCH, TEACHER_CKPT, build_encoder, load_fmnist  # noqa: E402
+from demo import ARCHS, TEACHER_CKPT, build_encoder, load_fmnist, parse_arch  # noqa: E402
 
 from g2sd.analysis.cka import TOKENS, block_features, cka_matrix  # noqa: E402
 
-#: ``--*-arch`` names (anything else is a JSON object or a .json file of ViT keyword args)
-ARCHS = {'fmnist-student': STUDENT_ARCH, 'fmnist-teacher': TEACHER_ARCH}
 DEFAULT_ROOT = '/usr/share/datasets/fashion-mnist'
 
 logger = logging.getLogger('g2sd.analysis.cka_tool')
-
-
-def parse_arch(value: str) -> dict:
-    """An arch name of :data:`ARCHS`, a JSON object, or a path to a JSON file -> ViT kwargs.
-
-    Raises:
-        ValueError: ``value`` is none of these, or the JSON is not an object.
-    """
-    if value in ARCHS:
-        return dict(ARCHS[value])
-    text = value
-    if not value.lstrip().startswith('{'):
-        path = Path(value)
-        if not path.is_file():
-            raise ValueError(
-                f'arch {value!r} is not one of {sorted(ARCHS)}, a JSON object or a JSON file'
-            )
-        text = path.read_text()
-    try:
-        arch = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f'arch {value!r} is not valid JSON: {e}') from None
-    if not isinstance(arch, dict):
-        raise ValueError(f'arch {value!r} must be a JSON object of ViT keyword args')
-    return arch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
