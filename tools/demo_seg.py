@@ -104,9 +104,9 @@ def teacher_command() -> str:
         [
             f'  python tools/dataset/make_fmnist_ade.py --out {DATA} --seed 0',
             f'  python tools/train.py {TEACHER_CFG} --work-dir work_dirs/seg_teacher',
-            '  python -c "import torch; from g2sd.checkpoint import atomic_save; '
+            '  python -c "from g2sd.checkpoint import atomic_save, load_file; '
             "ckpt = open('work_dirs/seg_teacher/last_checkpoint').read().strip(); "
-            "sd = torch.load(ckpt, weights_only=False)['state_dict']; "
+            "sd = load_file(ckpt, trusted=True)['state_dict']; "
             f"atomic_save(sd, '{ckpt}')\"",
         ]
     )
