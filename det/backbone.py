@@ -10,12 +10,10 @@ grid with a class slot), so its keys are those of detectron2's ``backbone.net.*`
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from mmengine.logging import print_log
 
 from g2sd.checkpoint import load_pretrained
 from g2sd.models.vit import VisionTransformer
@@ -121,13 +119,9 @@ class ViTDetBackbone(VisionTransformer):
         # ViTDet drops the pre-training class token (the 'backbone' use ignores
         # ``cls_token`` for models without one, as detectron2 does); its position slot
         # stays in ``pos_embed`` (``pretrain_use_cls_token``).
-        report = load_pretrained(
+        # the loader logs its one-screen report (to the train log inside a run)
+        load_pretrained(
             self, pretrained, use=self.pretrained_use, allow_missing=self.pretrained_allow_missing
-        )
-        print_log(
-            'ViTDetBackbone.init_weights: ' + report.summary(type(self).__name__, pretrained),
-            logger='current',
-            level=logging.INFO,
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:

@@ -14,12 +14,10 @@ and the patch tokens of four blocks as maps for the pyramid neck (mmseg's
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from mmengine.logging import print_log
 
 from g2sd.checkpoint import load_pretrained
 from g2sd.models.vit import VisionTransformer
@@ -161,13 +159,9 @@ class SegViTBackbone(VisionTransformer):
         pretrained = getattr(self, 'pretrained', None)  # unset while __init__ runs
         if not pretrained:
             return
-        report = load_pretrained(
+        # the loader logs its one-screen report (to the train log inside a run)
+        load_pretrained(
             self, pretrained, use=self.pretrained_use, allow_missing=self.pretrained_allow_missing
-        )
-        print_log(
-            'SegViTBackbone.init_weights: ' + report.summary(type(self).__name__, pretrained),
-            logger='current',
-            level=logging.INFO,
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

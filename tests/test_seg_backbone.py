@@ -19,7 +19,7 @@ from scipy import interpolate
 from seg_tiny import tiny_backbone  # tests/ is on sys.path (no package)
 
 import g2sd.seg  # noqa: F401  (registers g2sd.SegViTBackbone)
-from g2sd.checkpoint import CheckpointError, load_pretrained
+from g2sd.checkpoint import CheckpointError, load_pretrained, loading
 from g2sd.layers import resample_rel_pos_bias_table
 from g2sd.models.vit import VisionTransformer
 from g2sd.registry import MODELS
@@ -345,13 +345,11 @@ def mae_checkpoint() -> dict[str, torch.Tensor]:
 
 
 def test_mae_checkpoint_loads(tmp_path, monkeypatch):
-    from g2sd.seg import backbone as seg_backbone
-
     sd = mae_checkpoint()
     path = tmp_path / 'mae.pth'
     torch.save({'model': sd}, path)
     logged = []
-    monkeypatch.setattr(seg_backbone, 'print_log', lambda msg, **kw: logged.append(msg))
+    monkeypatch.setattr(loading, '_log', logged.append)  # the loader's one report
     model = build(img_size=48, pretrained=str(path))
     assert logged == []  # nothing is loaded while building
     model.init_weights()
