@@ -3,7 +3,8 @@
 #
 #   make setup     create / update .venv (first time on a fresh machine: ~10 min, mmcv compile)
 #   make test      setup, then pytest (PYTEST_ARGS='-k vit -x' to narrow; exit code is pytest's)
-#   make demo      setup, then tools/demo.py + demo_cls/det/seg.py (DEMO_ARGS, DEMO_{CLS,DET,SEG}_ARGS)
+#   make demo      setup, then tools/demo.py (DEMO_ARGS='--seed 1 --data-root DIR'; ~4 min on 2 cores)
+#   make reproduce setup, then tools/reproduce.py: the paper's tables + figures (REPRO_ARGS='--quick')
 #   make lint      ruff check + ruff format --check
 #   make format    ruff format + ruff check --fix
 #   make clean     remove caches and run outputs (keeps .venv); make distclean also drops .venv
@@ -16,15 +17,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
-DEMO_CLS_ARGS ?=
-DEMO_DET_ARGS ?=
-DEMO_SEG_ARGS ?=
+REPRO_ARGS ?=
 RUFF_PATHS ?= .
 
-.PHONY: help setup test demo lint format clean distclean
+.PHONY: help setup test demo reproduce lint format clean distclean
 
 help:
-	@sed -n '4,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '4,10p' Makefile | sed 's/^# \{0,1\}//'
 
 setup:
 	VENV='$(abspath $(VENV))' bash tools/setup_env.sh
@@ -43,9 +42,9 @@ test: setup
 
 demo: setup
 	$(PY) tools/demo.py $(DEMO_ARGS)
-	$(PY) tools/demo_cls.py $(DEMO_CLS_ARGS)
-	$(PY) tools/demo_det.py $(DEMO_DET_ARGS)
-	$(PY) tools/demo_seg.py $(DEMO_SEG_ARGS)
+
+reproduce: setup
+	$(PY) tools/reproduce.py $(REPRO_ARGS)
 
 lint: setup
 	$(PY) -m ruff check $(RUFF_PATHS)

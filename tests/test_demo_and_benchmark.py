@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from g2sd.checkpoint import load_pretrained, save_state_dict
+from g2sd.checkpoint import load_pretrained
 from g2sd.models import MaskedAutoencoderViT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,35 +43,6 @@ def test_shipped_fmnist_teacher_is_a_full_mae():
     assert any(k.startswith('decoder_blocks.') for k in report.loaded)
 
 
-@pytest.mark.slow
-def test_demo_tiny_run(tmp_path, fmnist_root):
-    teacher = tmp_path / 'teacher.pth'
-    save_state_dict(MaskedAutoencoderViT(**TEACHER).state_dict(), str(teacher))
-    out = run(
-        'tools/demo.py',
-        '--work-dir',
-        tmp_path / 'demo',
-        '--epochs',
-        '2',
-        '--train-samples',
-        '300',
-        '--bank-samples',
-        '200',
-        '--test-samples',
-        '100',
-        '--batch-size',
-        '100',
-        '--teacher-checkpoint',
-        teacher,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    for name in ('random init student', 'MAE student', 'G2SD student', 'MAE teacher'):
-        assert name in out.stdout
-    assert (tmp_path / 'demo' / 'loss_curves.png').stat().st_size > 1000
-    assert (tmp_path / 'demo' / 'g2sd_student' / 'student.pth').exists()
-
-
-@pytest.mark.slow
 def test_gd_step_benchmark_runs(tmp_path):
     out = run(
         'tools/benchmark/gd_step.py',

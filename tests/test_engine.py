@@ -336,6 +336,7 @@ def test_truncated_newest_checkpoint_falls_back_with_warning(tmp_path):
 
 def test_amp_on_cpu_autocasts_forward_to_bf16(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setenv('G2SD_CPU_BF16', '1')  # as on a CPU with fast bf16, whatever this one has
     cfg = make_cfg(str(tmp_path / 'wd'), max_iters=2)
     assert configure_amp(cfg, enable=True) == 'g2sd.CPUAmpOptimWrapper'
     assert cfg.optim_wrapper.dtype == 'bfloat16'

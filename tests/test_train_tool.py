@@ -157,6 +157,7 @@ def test_help():
 
 def test_two_iterations_then_resume(toy):
     tmp_path, cfg, env = toy
+    env = dict(env, G2SD_CPU_BF16='1')  # --amp as on a CPU with fast bf16, whatever this one has
     cmd = [
         sys.executable,
         str(TRAIN),

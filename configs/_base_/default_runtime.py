@@ -19,3 +19,10 @@ log_level = 'INFO'
 load_from = None
 resume = False
 randomness = dict(seed=0, diff_rank_seed=True)
+# Training curves: mmengine's LocalVisBackend writes <work_dir>/<timestamp>/vis_data/scalars.json
+# (what the reproduction's figures are drawn from). `tools/train.py --vis tensorboard` (or wandb)
+# adds a TensorboardVisBackend / WandbVisBackend (pip install -e .[tensorboard] / .[wandb]).
+# _scope_: the visualizer registries are mmengine's (g2sd has none; no scope warning).
+visualizer = dict(
+    type='Visualizer', _scope_='mmengine', vis_backends=[dict(type='LocalVisBackend')]
+)

@@ -265,10 +265,11 @@ class G2SDDistiller(BaseGenericDistiller):
     def teacher_targets(self, imgs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Teacher decoder tokens after block k, (B, 1 + N, C_t), normalised if configured."""
         t = self.teacher
-        enc = t.forward_encoder(imgs, self.mask_ratio, noise)
-        feats = t.forward_decoder(
-            enc.latent, enc.ids_restore, num_blocks=self.target_block, predict=False
-        )
+        with self.teacher_autocast():
+            enc = t.forward_encoder(imgs, self.mask_ratio, noise)
+            feats = t.forward_decoder(
+                enc.latent, enc.ids_restore, num_blocks=self.target_block, predict=False
+            )
         return layer_norm_target(feats) if self.target_norm else feats.float()
 
     def loss(self, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -399,7 +400,7 @@ class DMAEDistiller(BaseGenericDistiller):
             raise ValueError(f'D-MAE expects images (B, C, H, W), got {tuple(imgs.shape)}')
         s, t = self.student, self.teacher
         noise = s.make_noise(imgs)
-        with torch.no_grad():
+        with torch.no_grad(), self.teacher_autocast():
             tq = t.forward_block_qkv(imgs, self.teacher_block, self.mask_ratio, noise)
             t_logits = attention_logits(tq.q, tq.k)
         if self.d2:
@@ -500,7 +501,7 @@ class TinyMIMDistiller(BaseGenericDistiller):
             t_img = s_img = imgs
         else:
             raise ValueError(f'TinyMIM expects (B, C, H, W) or (B, 2, C, H, W), got {imgs.shape}')
-        with torch.no_grad():
+        with torch.no_grad(), self.teacher_autocast():
             tq = self.teacher.forward_block_qkv(t_img, self.teacher_block - 1)
         sq = self.student.forward_block_qkv(s_img, self.student.depth - 1)
         losses = {}

@@ -4,7 +4,12 @@ G2SD (Huang et al., "Generic-to-Specific Distillation of Masked Autoencoders", C
 arXiv 2302.14771) runs every stage -- generic distillation, cls / det / seg specific
 distillation, evaluation -- from mmengine configs. This module holds the arguments both
 tools share (``config``, ``--work-dir``, ``--cfg-options``, ``--launcher``, ``--local-rank``,
-and ``--amp`` for training) and :func:`apply_common_args`, which applies them to a config.
+and ``--amp`` / ``--vis`` for training) and :func:`apply_common_args`, which applies them to a
+config.
+
+Training curves: the configs' visualizer writes scalars with mmengine's ``LocalVisBackend``
+(``<work_dir>/<timestamp>/vis_data/scalars.json``); ``--vis tensorboard`` / ``--vis wandb``
+adds a ``TensorboardVisBackend`` / ``WandbVisBackend`` next to it (:func:`configure_vis`).
 
 ``--cfg-options`` keys are checked before anything is built: a key that is not in the merged
 config, not a field the component's ``type`` accepts (its ``__init__`` signature) and not a
@@ -17,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import difflib
+import importlib.util
 import inspect
 import os
 import os.path as osp
@@ -30,9 +37,11 @@ from mmengine.config import Config, DictAction
 __all__ = [
     'CFG_OPTIONS_HELP',
     'RUNNER_KEYS',
+    'VIS_BACKENDS',
     'add_common_args',
     'apply_common_args',
     'check_cfg_options',
+    'configure_vis',
     'parse_args',
     'run_main',
 ]
@@ -70,12 +79,20 @@ CFG_OPTIONS_HELP = (
 )
 
 
+#: ``--vis`` choice -> (mmengine vis backend type, module it needs, setup.cfg extra).
+VIS_BACKENDS: dict[str, tuple[str, str | None, str | None]] = {
+    'local': ('LocalVisBackend', None, None),
+    'tensorboard': ('TensorboardVisBackend', 'tensorboard', 'tensorboard'),
+    'wandb': ('WandbVisBackend', 'wandb', 'wandb'),
+}
+
+
 def add_common_args(parser: argparse.ArgumentParser, *, amp: bool = False) -> None:
     """Add ``config``-independent shared options (the positional config is added by the tool).
 
     Args:
         parser: The tool's parser.
-        amp: Also add ``--amp`` (training).
+        amp: Also add the training options ``--amp`` and ``--vis``.
     """
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     if amp:
@@ -84,6 +101,16 @@ def add_common_args(parser: argparse.ArgumentParser, *, amp: bool = False) -> No
             action='store_true',
             default=False,
             help='enable automatic mixed precision (fp16 on CUDA, bf16 autocast on CPU)',
+        )
+        parser.add_argument(
+            '--vis',
+            action='append',
+            choices=sorted(VIS_BACKENDS),
+            default=None,
+            help='training-curve backends next to the default LocalVisBackend '
+            '(<work_dir>/<timestamp>/vis_data/scalars.json): tensorboard (pip install -e '
+            '.[tensorboard]; <work_dir>/<timestamp>/vis_data/ is the --logdir) or wandb '
+            '(pip install -e .[wandb]); repeatable',
         )
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help=CFG_OPTIONS_HELP)
     parser.add_argument(
@@ -226,8 +253,55 @@ def check_cfg_options(cfg: Config, options: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+def configure_vis(cfg: Config, backends: Sequence[str]) -> Config:
+    """Add the ``--vis`` backends to ``cfg.visualizer.vis_backends`` in place.
+
+    The config's visualizer (``configs/_base_/default_runtime.py``: mmengine's ``Visualizer``
+    with a ``LocalVisBackend``; a det / seg visualizer type is kept) gets one backend of each
+    named kind it does not have yet; ``LocalVisBackend`` is always kept, so the scalars the
+    reproduction's figures read are written whichever backends are added.
+
+    Args:
+        cfg: The loaded config.
+        backends: Names of :data:`VIS_BACKENDS` (``'local'``, ``'tensorboard'``, ``'wandb'``).
+
+    Returns:
+        ``cfg``.
+
+    Raises:
+        ValueError: An unknown backend name, or the package a backend needs is not installed
+            (the message names the ``pip install -e .[extra]`` to run).
+    """
+    for name in backends:
+        if name not in VIS_BACKENDS:
+            raise ValueError(f'--vis {name!r} is not one of {sorted(VIS_BACKENDS)}')
+        _, module, extra = VIS_BACKENDS[name]
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise ValueError(
+                f'--vis {name} needs the {module!r} package, which is not installed: '
+                f'pip install -e .[{extra}]'
+            )
+    vis = cfg.get('visualizer', None)
+    vis = (
+        dict(type='Visualizer', _scope_='mmengine')
+        if vis is None
+        else copy.deepcopy(vis.to_dict() if hasattr(vis, 'to_dict') else dict(vis))
+    )
+    kept = list(vis.get('vis_backends') or [])
+    types = [b.get('type') for b in kept]
+    for name in ['local', *backends]:
+        kind = VIS_BACKENDS[name][0]
+        if kind not in types:
+            kept.append(dict(type=kind))
+            types.append(kind)
+    vis['vis_backends'] = kept
+    cfg.visualizer = vis
+    return cfg
+
+
 def apply_common_args(cfg: Config, args: argparse.Namespace) -> Config:
-    """Apply the shared options to ``cfg`` in place (launcher, cfg-options, work dir, AMP).
+    """Apply the shared options to ``cfg`` in place (launcher, cfg-options, work dir, AMP,
+    visualizer backends).
 
     Args:
         cfg: The loaded config.
@@ -237,7 +311,8 @@ def apply_common_args(cfg: Config, args: argparse.Namespace) -> Config:
         ``cfg``.
 
     Raises:
-        ValueError: An unknown ``--cfg-options`` key (see :func:`check_cfg_options`).
+        ValueError: An unknown ``--cfg-options`` key (see :func:`check_cfg_options`), or a
+            ``--vis`` backend whose package is missing (see :func:`configure_vis`).
     """
     from g2sd.engine.runner import configure_amp
 
@@ -250,6 +325,8 @@ def apply_common_args(cfg: Config, args: argparse.Namespace) -> Config:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if hasattr(args, 'amp'):
         configure_amp(cfg, enable=args.amp)
+    if getattr(args, 'vis', None):
+        configure_vis(cfg, args.vis)
     return cfg
 
 

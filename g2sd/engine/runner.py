@@ -878,11 +878,19 @@ def _type_name(t: Any) -> str:
 def configure_amp(cfg: Config, enable: bool = False) -> str | None:
     """Device-aware mixed precision for ``cfg.optim_wrapper`` (``tools/train.py --amp``).
 
-    - CUDA: ``AmpOptimWrapper`` with ``loss_scale='dynamic'`` (unless set) and the
-      config's ``dtype`` or ``'float16'``.
-    - CPU: ``g2sd.CPUAmpOptimWrapper`` (bf16 autocast, no loss scaling), because mmengine's
-      ``AmpOptimWrapper`` asserts a GPU. A config that already asks for
-      ``AmpOptimWrapper`` is converted too, so GPU recipes run on CPU.
+    The mode comes from :func:`g2sd.engine.amp.choose_amp` and is logged once per process:
+
+    - CUDA: ``AmpOptimWrapper`` with ``loss_scale='dynamic'`` (unless set), fp16; bf16 when
+      the config's ``dtype`` is ``'bfloat16'`` and ``torch.cuda.is_bf16_supported()``
+      (otherwise fp16 with a warning).
+    - CPU with fast bf16 (AMX / AVX512-BF16): ``g2sd.CPUAmpOptimWrapper`` (bf16 autocast, no
+      loss scaling), because mmengine's ``AmpOptimWrapper`` asserts a GPU. A config that
+      already asks for ``AmpOptimWrapper`` is converted too, so GPU recipes run on CPU.
+    - CPU without fast bf16: a warning naming the reason and a plain fp32 ``OptimWrapper``
+      (emulated bf16 is slower than fp32).
+
+    With AMP on, an ``AdamW`` optimizer without ``fused`` / ``foreach`` settings gets
+    ``fused=True`` (PyTorch's fused CPU / CUDA kernel; same update rule).
 
     Args:
         cfg: The merged config; ``optim_wrapper`` is updated in place.
@@ -892,8 +900,11 @@ def configure_amp(cfg: Config, enable: bool = False) -> str | None:
         The resulting optim-wrapper type, or None when nothing changed.
 
     Raises:
-        ValueError: ``enable`` without an ``optim_wrapper`` in the config.
+        ValueError: ``enable`` without an ``optim_wrapper`` in the config, or an AMP
+            ``dtype`` other than float16 / bfloat16.
     """
+    from g2sd.engine.amp import choose_amp, log_once
+
     ow = cfg.get('optim_wrapper')
     if ow is None:
         if enable:
@@ -903,23 +914,29 @@ def configure_amp(cfg: Config, enable: bool = False) -> str | None:
     is_amp = kind in _AMP_TYPES or kind in _CPU_AMP_TYPES
     if not (enable or is_amp):
         return None
-    if torch.cuda.is_available():
-        if kind in _AMP_TYPES:
-            print_log('AMP training is already enabled in your config.', logger='current')
-        ow.type = 'AmpOptimWrapper'
+    cuda = torch.cuda.is_available()
+    if cuda and kind in _AMP_TYPES:
+        print_log('AMP training is already enabled in your config.', logger='current')
+    decision = choose_amp(ow.get('dtype'), cuda)
+    log_once(decision)
+    ow.type = decision.wrapper
+    optimizer = ow.get('optimizer')
+    if (
+        decision.dtype is not None
+        and optimizer is not None
+        and _type_name(optimizer.get('type')) in ('AdamW', 'torch.optim.AdamW')
+        and optimizer.get('fused') is None
+        and optimizer.get('foreach') is None
+    ):
+        optimizer['fused'] = True  # one fused kernel instead of ~10 per parameter
+    if decision.wrapper == 'AmpOptimWrapper':
         ow.setdefault('loss_scale', 'dynamic')
-        if ow.get('dtype') is None:
-            ow.dtype = 'float16'
-        return 'AmpOptimWrapper'
-    if ow.get('dtype') not in (None, 'bfloat16', torch.bfloat16):
-        print_log(
-            f'AMP dtype {ow.get("dtype")!r} is not available on CPU; using bfloat16',
-            logger='current',
-            level=logging.WARNING,
-        )
-    ow.type = 'g2sd.CPUAmpOptimWrapper'
-    ow.dtype = 'bfloat16'
+        ow.dtype = decision.dtype
+        return decision.wrapper
     for key in ('loss_scale', 'use_fsdp'):
         ow.pop(key, None)
-    print_log('no CUDA: AMP runs as bfloat16 CPU autocast (g2sd.CPUAmpOptimWrapper)', 'current')
-    return 'g2sd.CPUAmpOptimWrapper'
+    if decision.dtype is None:
+        ow.pop('dtype', None)
+    else:
+        ow.dtype = decision.dtype
+    return decision.wrapper
