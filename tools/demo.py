@@ -363,20 +363,17 @@ def loss_curves(
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    from g2sd.analysis.report import find_scalars, read_scalars
+
     ncols = 2 if accuracies else 1
     fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4), squeeze=False)
     ax = axes[0][0]
     for name, wd in runs.items():
-        files = sorted(wd.glob('*/vis_data/scalars.json'))
-        if not files:
+        try:
+            scalars = find_scalars(wd)
+        except FileNotFoundError:
             continue
-        steps, losses = [], []
-        for line in files[-1].read_text().splitlines():
-            rec = json.loads(line)
-            if 'loss' in rec and 'step' in rec:
-                steps.append(rec['step'])
-                losses.append(rec['loss'])
-        ax.plot(steps, losses, label=name)
+        ax.plot(*read_scalars(scalars, 'loss'), label=name)
     ax.set_xlabel('iteration')
     ax.set_ylabel('training loss')
     ax.set_yscale('log')
